@@ -101,6 +101,7 @@ class AnswerData(BaseModel):
 class FinalAnswer(BaseEvent):
     type: Literal["final_answer"] = "final_answer"
     answer_data: AnswerData
+    dropped_citations: list[int] = []  # markers that named no source, removed from the answer
 
 
 class Completed(BaseEvent):

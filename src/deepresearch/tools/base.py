@@ -45,6 +45,10 @@ class CitationRegistry:
             return self._sources[number - 1]
         return None
 
+    def sources(self) -> list[Source]:
+        """Every numbered source, in number order."""
+        return list(self._sources)
+
     def __len__(self) -> int:
         return len(self._sources)
 

@@ -1,0 +1,61 @@
+"""The Tongyi DeepResearch prompt format (contract section 4)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import date
+
+from deepresearch.tools.base import Tool
+
+STOP_SEQUENCES = ("\n<tool_response>", "<tool_response>")
+
+# The wording follows the prompt the released model was trained with, plus what
+# a medical-evidence answer needs: numbered citations of the sources it used.
+SYSTEM_PROMPT = """You are a deep research assistant. Your core function is to conduct \
+thorough, multi-source investigations into any topic. You must handle both broad, open-domain \
+inquiries and queries within specialized academic fields. For every request, synthesize \
+information from credible, diverse sources to deliver a comprehensive, accurate, and objective \
+response. Cite the sources you rely on with their numbers in square brackets, like [1] or [2], \
+exactly as the tools numbered them. When you have gathered sufficient information and are ready \
+to provide the definitive response, you must enclose the entire final answer within \
+<answer></answer> tags.
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{tools}
+</tools>
+
+For each function call, return a json object with function name and arguments within \
+<tool_call></tool_call> XML tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>
+
+Current date: """
+
+
+def system_prompt(tools: Iterable[Tool], today: date) -> str:
+    schemas = "\n".join(
+        json.dumps(
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                },
+            },
+            ensure_ascii=False,
+        )
+        for tool in tools
+    )
+    return SYSTEM_PROMPT.format(tools=schemas) + today.isoformat()
+
+
+def tool_response(text: str) -> str:
+    return f"<tool_response>\n{text}\n</tool_response>"

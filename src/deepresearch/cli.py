@@ -1,0 +1,167 @@
+"""The ``deepresearch`` command: serve, ask, index."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from deepresearch.config import Settings, load_settings
+from deepresearch.errors import ConfigurationError, DeepResearchError
+from deepresearch.events import parse_event
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepresearch",
+        description="A deep-research server for medical-evidence questions.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="address to listen on (DEEPRESEARCH_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (DEEPRESEARCH_PORT)")
+
+    ask = commands.add_parser("ask", help="research one question here and print the answer")
+    ask.add_argument("question", help="the question, in quotes")
+    ask.add_argument("--temperature", type=float, help="sampling temperature (0 to 2)")
+    ask.add_argument("--top-p", type=float, help="nucleus sampling (0 to 1)")
+    ask.add_argument("--max-tokens", type=int, help="tokens per model reply")
+
+    index = commands.add_parser("index", help="build or update the local evidence index")
+    index.add_argument("paths", nargs="+", type=Path, help="JSONL(.gz) files or folders")
+    return parser
+
+
+def _settings(**overrides: object) -> Settings:
+    chosen = {key: value for key, value in overrides.items() if value is not None}
+    return load_settings(**chosen)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from deepresearch.server import create_app
+
+    settings = _settings(host=args.host, port=args.port)
+    _configure_logging(settings)
+    mode = "offline evidence mode (no LLM configured)" if settings.offline else "LLM mode"
+    logging.getLogger("deepresearch").info(
+        "starting on http://%s:%d in %s", settings.host, settings.port, mode
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+async def _ask(settings: Settings, question: str, generation: dict[str, float | int | None]) -> int:
+    from deepresearch.render import TerminalRenderer
+    from deepresearch.runtime.manager import SessionRequest
+    from deepresearch.services import open_services
+
+    console = Console()
+    renderer = TerminalRenderer(console)
+    async with open_services(settings, index_in_background=False) as services:
+        session_id = await services.manager.start(
+            SessionRequest(question=question, generation=generation, on_disconnect="continue")
+        )
+        last = None
+        async for stored in services.manager.follow(session_id):
+            if stored is None:
+                continue
+            event = parse_event(stored.data)
+            renderer.show(event)
+            last = event.type
+    return 0 if last == "completed" else 1
+
+
+def ask(args: argparse.Namespace) -> int:
+    settings = _settings(log_level="WARNING")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    question = args.question.strip()
+    if not question:
+        raise ConfigurationError("QUESTION: the question is empty")
+    generation = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+    }
+    try:
+        settings.agent_template().for_request(**generation)
+    except ValidationError as exc:
+        flags = ", ".join(
+            f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(flags) from exc
+    return asyncio.run(_ask(settings, question, generation))
+
+
+async def _index(settings: Settings, paths: list[Path]) -> int:
+    from deepresearch.search import EvidenceIndex
+
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise ConfigurationError(f"PATH: no such file or folder: {', '.join(missing)}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = EvidenceIndex(settings.index_path)
+    console = Console()
+    try:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            TextColumn("{task.completed:,} records"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("indexing", total=None)
+            stats = await index.build(paths, lambda n: progress.update(task, completed=n))
+    finally:
+        index.close()
+    console.print(
+        f"[bold green]index ready[/]: {stats.documents:,} documents "
+        f"({stats.added:,} added, {stats.skipped_files} unchanged files skipped, "
+        f"{stats.bad_records} bad records) in {stats.seconds:.1f} s; "
+        f"{stats.size_bytes / 1e6:.1f} MB at {settings.index_path}"
+    )
+    return 0
+
+
+def index(args: argparse.Namespace) -> int:
+    return asyncio.run(_index(_settings(), list(args.paths)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"serve": serve, "ask": ask, "index": index}
+    try:
+        return commands[args.command](args)
+    except ConfigurationError as exc:
+        print(f"deepresearch: {exc}", file=sys.stderr)
+        return 2
+    except DeepResearchError as exc:
+        print(f"deepresearch: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

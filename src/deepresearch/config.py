@@ -1,0 +1,157 @@
+"""Configuration: one ``Settings`` object read from ``DEEPRESEARCH_*`` variables.
+
+Built once at start-up and passed in; nothing here runs at import. The agent's
+part of it is the immutable ``AgentTemplate``; each request derives its own
+``GenerationSettings`` from it, so nothing one request sets reaches another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from deepresearch.errors import ConfigurationError
+
+DEFAULT_CORPUS = Path("../shared/data/corpus")
+
+SearchBackendName = Literal["local", "pubmed", "europepmc"]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Field ``x`` is read from ``DEEPRESEARCH_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEEPRESEARCH_", frozen=True, extra="ignore", validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5006, ge=0, le=65535)
+
+    # LLM backends; unset means the offline evidence mode.
+    llm_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    llm_model: str | None = None
+    llm_api_key: str = "EMPTY"
+    llm_timeout: float = Field(default=120.0, gt=0, description="seconds of backend silence")
+    llm_retries: int = Field(default=2, ge=0, le=10)
+
+    # Admission control.
+    max_concurrent: int = Field(default=3, ge=1, le=1024)
+    max_queue: int = Field(default=100, ge=0, le=100_000)
+    queue_timeout: float = Field(default=300.0, gt=0)
+    disconnect_grace: float = Field(default=60.0, ge=0)
+
+    # The agent's budgets.
+    max_rounds: int = Field(default=100, ge=1, le=1000)
+    max_run_seconds: float = Field(default=1800.0, gt=0)
+    max_question_chars: int = Field(default=4000, ge=1)
+
+    # Storage, corpus and search.
+    data_dir: Path = Path(".deepresearch")
+    corpus: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    search: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    retention_days: float = Field(default=30.0, gt=0)
+    retention_max_sessions: int = Field(default=10_000, ge=1)
+
+    # Clients.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+
+    # Logs: questions may be medical data, so they are not logged unless asked.
+    log_questions: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("llm_url", "search", "api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("corpus", mode="before")
+    @classmethod
+    def _corpus_paths(cls, value: object) -> object:
+        value = _split_commas(value)
+        if value == []:
+            return [DEFAULT_CORPUS] if DEFAULT_CORPUS.exists() else []
+        return value
+
+    @field_validator("llm_url")
+    @classmethod
+    def _urls_are_http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return [url.rstrip("/") for url in urls]
+
+    @field_validator("search")
+    @classmethod
+    def _known_search_backends(cls, names: list[str]) -> list[str]:
+        allowed = {"auto", "local", "pubmed", "europepmc"}
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise ValueError(f"unknown search backend(s) {unknown}; choose from {sorted(allowed)}")
+        return names or ["auto"]
+
+    @property
+    def offline(self) -> bool:
+        return not self.llm_url
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "sessions.sqlite"
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "index.sqlite"
+
+    def agent_template(self) -> AgentTemplate:
+        return AgentTemplate(
+            max_rounds=self.max_rounds,
+            max_run_seconds=self.max_run_seconds,
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus explicit overrides, e.g. CLI flags) or refuse to start."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DEEPRESEARCH_{'_'.join(str(p) for p in err['loc'][:1]).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from exc
+
+
+class GenerationSettings(BaseModel):
+    """Sampling settings for one request; defaults are the model's trained ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(default=0.85, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    presence_penalty: float = Field(default=1.1, ge=-2.0, le=2.0)
+    max_tokens: int = Field(default=8192, ge=1, le=131_072)
+
+
+class AgentTemplate(BaseModel):
+    """The read-only agent configuration every request starts from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generation: GenerationSettings = GenerationSettings()
+    max_rounds: int = 100
+    max_run_seconds: float = 1800.0
+
+    def for_request(self, **overrides: float | int | None) -> AgentTemplate:
+        """A copy with this request's generation settings; the template is untouched."""
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        generation = GenerationSettings.model_validate(self.generation.model_dump() | chosen)
+        return self.model_copy(update={"generation": generation})

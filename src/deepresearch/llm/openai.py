@@ -1,0 +1,107 @@
+"""One OpenAI-compatible chat-completions backend (vLLM, SGLang, llama.cpp, hosted)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from deepresearch.config import GenerationSettings
+from deepresearch.errors import BackendError
+from deepresearch.llm.base import BackendState, Message
+
+
+class OpenAICompatibleModel:
+    """Streams ``POST {base_url}/chat/completions``.
+
+    ``model`` unset means the first id ``GET {base_url}/models`` lists, looked up
+    once. A backend silent for ``timeout`` seconds counts as failed.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str = "EMPTY",
+        timeout: float = 120.0,
+    ) -> None:
+        self._client = client
+        self.base_url = base_url.rstrip("/")
+        self._model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._healthy: bool | None = None
+        self._last_error: str | None = None
+
+    def states(self) -> list[BackendState]:
+        return [BackendState(self.base_url, self._model, self._healthy, self._last_error)]
+
+    def _failed(self, message: str) -> BackendError:
+        self._healthy, self._last_error = False, message
+        return BackendError(f"LLM backend {self.base_url}: {message}")
+
+    async def model_name(self) -> str:
+        if self._model is None:
+            try:
+                response = await self._client.get(
+                    f"{self.base_url}/models", headers=self._headers, timeout=self._timeout
+                )
+                response.raise_for_status()
+                self._model = str(response.json()["data"][0]["id"])
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+                raise self._failed(f"could not list models ({exc!r})") from exc
+        return self._model
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        stop: Sequence[str],
+    ) -> AsyncIterator[str]:
+        body: dict[str, Any] = {
+            "model": await self.model_name(),
+            "messages": list(messages),
+            "stream": True,
+            "stop": list(stop),
+            **settings.model_dump(),
+        }
+        try:
+            async with self._client.stream(
+                "POST",
+                f"{self.base_url}/chat/completions",
+                json=body,
+                headers=self._headers,
+                timeout=self._timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    detail = (await response.aread())[:300].decode(errors="replace")
+                    raise self._failed(f"HTTP {response.status_code}: {detail}")
+                async for line in response.aiter_lines():
+                    piece = _content_of(line)
+                    if piece:
+                        yield piece
+        except httpx.TimeoutException as exc:
+            raise self._failed("timed out") from exc
+        except httpx.HTTPError as exc:
+            raise self._failed(f"{type(exc).__name__}: {exc}") from exc
+        self._healthy, self._last_error = True, None
+
+
+def _content_of(line: str) -> str:
+    """The text in one ``data:`` line of a streamed chat completion."""
+    if not line.startswith("data:"):
+        return ""
+    payload = line[5:].strip()
+    if not payload or payload == "[DONE]":
+        return ""
+    try:
+        choices = json.loads(payload).get("choices") or []
+    except ValueError:
+        return ""
+    if not choices:
+        return ""
+    return str((choices[0].get("delta") or {}).get("content") or "")

@@ -1,0 +1,44 @@
+"""Retries with backoff around any ``ChatModel``, keeping its shape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from deepresearch.config import GenerationSettings
+from deepresearch.errors import BackendError
+from deepresearch.llm.base import BackendState, ChatModel, Message
+
+
+class RetryingModel:
+    """Retries a completion that failed before its first piece of text.
+
+    Once text has streamed, a failure is passed on: retrying then would repeat
+    text the listener has already seen.
+    """
+
+    def __init__(self, inner: ChatModel, retries: int = 2, backoff: float = 0.5) -> None:
+        self._inner = inner
+        self._retries = retries
+        self._backoff = backoff
+
+    def states(self) -> list[BackendState]:
+        return self._inner.states()
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        stop: Sequence[str],
+    ) -> AsyncIterator[str]:
+        for attempt in range(self._retries + 1):
+            started = False
+            try:
+                async for piece in self._inner.stream(messages, settings, stop):
+                    started = True
+                    yield piece
+                return
+            except BackendError:
+                if started or attempt == self._retries:
+                    raise
+            await asyncio.sleep(self._backoff * 2**attempt)

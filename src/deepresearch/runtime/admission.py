@@ -1,0 +1,128 @@
+"""Admission control: a fixed number of slots and a bounded FIFO queue.
+
+One observable object: ``/health`` and ``/metrics`` read its counters, and each
+ticket can watch its own queue position change. A freed slot is handed straight
+to the head of the queue (no barging), so order is strictly FIFO.
+
+Every session holds one ``Ticket`` from the moment it is admitted until it
+ends; ``release(ticket)`` is idempotent and correct in every state, which is
+what makes "a slot is released on every path" easy to keep true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from deepresearch.errors import Overloaded
+
+TicketState = Literal[
+    "waiting",  # in the queue
+    "holding",  # owns a slot
+    "released",  # gave its slot or place back; final
+]
+
+
+class QueueTimeout(Exception):
+    """The session waited longer than the queue timeout."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    session_id: str
+    state: TicketState
+    position: int = 0  # place in the queue while waiting, 1 = next; 0 otherwise
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # position or state moved
+
+
+class Admission:
+    def __init__(self, max_concurrent: int, max_queue: int) -> None:
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.busy = 0
+        self._queue: list[Ticket] = []
+        self._recent_runs: list[float] = []
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def saturated(self) -> bool:
+        """Every slot is busy (the note's ``lock_acquired``)."""
+        return self.busy >= self.max_concurrent
+
+    def admit(self, session_id: str) -> Ticket:
+        """A slot now, or a place in the queue; ``Overloaded`` (nothing taken) when full.
+
+        Synchronous, so no other request can slip between the check and the claim.
+        """
+        if self.busy < self.max_concurrent and not self._queue:
+            self.busy += 1
+            return Ticket(session_id, "holding")
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(
+                f"all {self.max_concurrent} slots are busy and the queue is full "
+                f"({len(self._queue)} waiting)",
+                retry_after=self.retry_after_seconds(),
+            )
+        ticket = Ticket(session_id, "waiting", position=len(self._queue) + 1)
+        self._queue.append(ticket)
+        return ticket
+
+    async def wait_turn(self, ticket: Ticket, timeout: float) -> AsyncIterator[int]:
+        """Yield ``ticket``'s queue position whenever it changes, until it holds a slot.
+
+        Positions that change while the caller is busy are coalesced: it sees the
+        latest. ``QueueTimeout`` after ``timeout`` seconds of waiting in all; the
+        caller releases the ticket (``release`` is idempotent).
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        reported = 0
+        while ticket.state == "waiting":
+            if ticket.position != reported:
+                reported = ticket.position
+                yield reported
+                continue
+            ticket.changed.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await ticket.changed.wait()
+            except TimeoutError as exc:
+                raise QueueTimeout(f"no slot became free within {timeout:g} s") from exc
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back whatever ``ticket`` has; a no-op if it was already released."""
+        if ticket.state == "waiting":
+            self._queue.remove(ticket)
+            self._renumber()
+        elif ticket.state == "holding":
+            if self._queue:
+                heir = self._queue.pop(0)
+                heir.state, heir.position = "holding", 0
+                heir.changed.set()
+                self._renumber()
+            else:
+                self.busy -= 1
+        ticket.state = "released"
+        ticket.position = 0
+
+    def _renumber(self) -> None:
+        for index, waiting in enumerate(self._queue, start=1):
+            if waiting.position != index:
+                waiting.position = index
+                waiting.changed.set()
+
+    def record_run(self, seconds: float) -> None:
+        """Remember how long runs take, to estimate ``Retry-After``."""
+        self._recent_runs.append(seconds)
+        del self._recent_runs[:-50]
+
+    def retry_after_seconds(self) -> int:
+        runs = sorted(self._recent_runs)
+        typical = runs[len(runs) // 2] if runs else 30.0
+        # Roughly how long until the queue has drained by one place.
+        return max(1, math.ceil(typical * (len(self._queue) + 1) / self.max_concurrent))

@@ -1,0 +1,404 @@
+"""Sessions that outlive connections.
+
+Each session runs as its own task. Its events are numbered, written to the
+store, and only then handed to whoever follows it, so a follower that reconnects
+with ``Last-Event-ID`` gets exactly what it missed from the store and the rest
+live. The task owns one admission ticket and releases it on every path out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from deepresearch.agent.base import Agent
+from deepresearch.config import AgentTemplate, Settings
+from deepresearch.errors import SessionConflict, SessionFailure, SessionNotFound
+from deepresearch.events import (
+    TERMINAL_TYPES,
+    Cancelled,
+    Error,
+    Event,
+    FinalAnswer,
+    Init,
+    Queued,
+    SessionStart,
+    Timeout,
+    utc_now,
+)
+from deepresearch.runtime.admission import Admission, QueueTimeout, Ticket
+from deepresearch.runtime.metrics import Metrics
+from deepresearch.sessions.records import (
+    STATUS_BY_TERMINAL_EVENT,
+    SessionChanges,
+    SessionRecord,
+    SessionStatus,
+    StoredEvent,
+)
+from deepresearch.sessions.store import SessionStore
+
+log = logging.getLogger("deepresearch.sessions")
+
+OnDisconnect = Literal["grace", "continue", "cancel"]
+AgentFactory = Callable[[str, AgentTemplate], Agent]
+
+# A follower further behind than this stops being fed live and catches up from the store.
+LISTENER_BUFFER = 512
+# How long a new session waits for its first follower before the disconnect policy applies.
+ATTACH_WINDOW = 10.0
+PRUNE_EVERY = 600.0
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    question: str
+    generation: dict[str, float | int | None] = field(default_factory=dict)
+    session_id: str | None = None
+    on_disconnect: OnDisconnect = "grace"
+    owner: str | None = None
+
+
+def owner_of(api_key: str | None) -> str | None:
+    """Who owns a session: a digest of the client key, never the key itself."""
+    if api_key is None:
+        return None
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+class _Listener:
+    __slots__ = ("lagging", "queue")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[StoredEvent] = asyncio.Queue()
+        self.lagging = False
+
+
+class _LiveSession:
+    def __init__(self, record: SessionRecord, ticket: Ticket) -> None:
+        self.id = record.id
+        self.record = record
+        self.ticket = ticket
+        self.seq = 0
+        self.listeners: set[_Listener] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.grace: asyncio.TimerHandle | None = None
+        self.cancel_reason = "cancelled"
+
+    @property
+    def tag(self) -> str:
+        return f"[session {self.id[:8]}]"
+
+
+class SessionManager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SessionStore,
+        admission: Admission,
+        metrics: Metrics,
+        agent_factory: AgentFactory,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._admission = admission
+        self._metrics = metrics
+        self._agent_factory = agent_factory
+        self._template = settings.agent_template()
+        self._live: dict[str, _LiveSession] = {}
+        self._pruner: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Settle sessions a previous process left unfinished, prune, start pruning."""
+        for record in await self._store.unfinished():
+            event = Error(
+                session_id=record.id,
+                content=f"interrupted: the server stopped while this session was {record.status}",
+            )
+            stored = StoredEvent(record.last_seq + 1, event.type, event.model_dump_json())
+            changes = SessionChanges(status="failed", ended_at=utc_now(), error=event.content)
+            await self._store.append(record.id, [stored], changes)
+            log.warning("[session %s] interrupted by a restart: marked failed", record.id[:8])
+        await self._prune()
+        self._pruner = asyncio.create_task(self._prune_forever())
+
+    async def close(self) -> None:
+        """Cancel every live session (they end ``cancelled``) and stop pruning."""
+        if self._pruner is not None:
+            self._pruner.cancel()
+        live = list(self._live.values())
+        for session in live:
+            self._cancel(session, "cancelled: the server is shutting down")
+        tasks = [session.task for session in live if session.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    async def _prune(self) -> None:
+        older_than = utc_now() - timedelta(days=self._settings.retention_days)
+        removed = await self._store.prune(
+            older_than=older_than, keep=self._settings.retention_max_sessions
+        )
+        if removed:
+            log.info("retention: removed %d old sessions", removed)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY)
+            try:
+                await self._prune()
+            except Exception:
+                log.exception("retention: pruning failed")
+
+    # -- starting, following, cancelling ----------------------------------------------------
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    async def start(self, request: SessionRequest) -> str:
+        """Admit and start a session; ``Overloaded`` or ``SessionConflict`` create nothing."""
+        # Validate the request's settings before anything is reserved.
+        config = self._template.for_request(**request.generation)
+        session_id = request.session_id or str(uuid.uuid4())
+        if session_id in self._live:
+            raise SessionConflict(f"session {session_id} already exists")
+        ticket = self._admission.admit(session_id)
+        record = SessionRecord(
+            id=session_id,
+            question=request.question,
+            status="queued",
+            created_at=utc_now(),
+            owner=request.owner,
+            on_disconnect=request.on_disconnect,
+        )
+        try:
+            await self._store.create(record)
+        except BaseException:
+            self._admission.release(ticket)
+            raise
+        live = _LiveSession(record, ticket)
+        self._live[session_id] = live
+        live.task = asyncio.create_task(self._run(live, config), name=f"session-{session_id}")
+        # Whatever happens to the task, its ticket goes back.
+        live.task.add_done_callback(lambda _: self._admission.release(ticket))
+        if request.on_disconnect != "continue":
+            live.grace = asyncio.get_running_loop().call_later(
+                max(ATTACH_WINDOW, self._settings.disconnect_grace), self._unwatched, live
+            )
+        question = request.question if self._settings.log_questions else "(question not logged)"
+        log.info("%s admitted (%s): %s", live.tag, ticket.state, question)
+        return session_id
+
+    async def cancel(self, session_id: str, owner: str | None, reason: str) -> SessionRecord:
+        """Cancel a queued or running session and wait until it has ended."""
+        live = self._live.get(session_id)
+        if live is None or (owner is not None and live.record.owner != owner):
+            record = await self.get(session_id, owner)
+            raise SessionConflict(f"session {session_id} already ended ({record.status})")
+        self._cancel(live, reason)
+        if live.task is not None:
+            await asyncio.wait([live.task])
+        return await self.get(session_id, owner)
+
+    def _cancel(self, live: _LiveSession, reason: str) -> None:
+        live.cancel_reason = reason
+        if live.task is not None:
+            live.task.cancel()
+
+    async def get(self, session_id: str, owner: str | None) -> SessionRecord:
+        record = await self._store.get(session_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise SessionNotFound(f"no session {session_id}")
+        return record
+
+    async def list_sessions(
+        self,
+        *,
+        limit: int,
+        offset: int,
+        status: SessionStatus | None,
+        owner: str | None,
+    ) -> tuple[list[SessionRecord], int]:
+        return await self._store.list_sessions(
+            limit=limit, offset=offset, status=status, owner=owner
+        )
+
+    async def follow(
+        self, session_id: str, after: int = 0, idle: float | None = None
+    ) -> AsyncIterator[StoredEvent | None]:
+        """The session's events after ``after``, live until the terminal one.
+
+        Yields ``None`` when nothing happened for ``idle`` seconds (a transport
+        sends a heartbeat then). Raises ``SessionNotFound`` before yielding.
+        """
+        live = self._live.get(session_id)
+        if live is None:
+            for event in await self._store.events(session_id, after):
+                yield event
+            return
+        listener = _Listener()
+        self._attach(live, listener)
+        try:
+            last = after
+            catch_up = True
+            while True:
+                if catch_up or listener.lagging:
+                    catch_up = listener.lagging = False
+                    while not listener.queue.empty():
+                        listener.queue.get_nowait()
+                    for event in await self._store.events(session_id, last):
+                        yield event
+                        last = event.seq
+                        if event.type in TERMINAL_TYPES:
+                            return
+                try:
+                    async with asyncio.timeout(idle):
+                        event = await listener.queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+                if event.seq <= last:
+                    continue
+                yield event
+                last = event.seq
+                if event.type in TERMINAL_TYPES:
+                    return
+        finally:
+            self._detach(live, listener)
+
+    def _attach(self, live: _LiveSession, listener: _Listener) -> None:
+        live.listeners.add(listener)
+        if live.grace is not None:
+            live.grace.cancel()
+            live.grace = None
+
+    def _detach(self, live: _LiveSession, listener: _Listener) -> None:
+        live.listeners.discard(listener)
+        if live.listeners or live.id not in self._live:
+            return
+        policy = live.record.on_disconnect
+        if policy == "cancel":
+            self._cancel(live, "cancelled: the client disconnected")
+        elif policy == "grace":
+            live.grace = asyncio.get_running_loop().call_later(
+                self._settings.disconnect_grace, self._unwatched, live
+            )
+
+    def _unwatched(self, live: _LiveSession) -> None:
+        live.grace = None
+        if not live.listeners and live.id in self._live:
+            log.info("%s no client came back: cancelling", live.tag)
+            self._cancel(live, "cancelled: no client followed the session")
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _emit(
+        self, live: _LiveSession, event: Event, changes: SessionChanges | None = None
+    ) -> None:
+        live.seq += 1
+        stored = StoredEvent(live.seq, event.type, event.model_dump_json())
+        await self._store.append(live.id, [stored], changes)
+        self._metrics.events.inc()
+        for listener in live.listeners:
+            if listener.lagging:
+                continue
+            if listener.queue.qsize() >= LISTENER_BUFFER:
+                listener.lagging = True
+            listener.queue.put_nowait(stored)
+
+    async def _run(self, live: _LiveSession, config: AgentTemplate) -> None:
+        sid = live.id
+        loop = asyncio.get_running_loop()
+        admitted = loop.time()
+        started: float | None = None
+        final: FinalAnswer | None = None
+        terminal: Event
+        try:
+            await self._emit(
+                live, SessionStart(session_id=sid, question=live.record.question, content=sid)
+            )
+            async for position in self._admission.wait_turn(
+                live.ticket, self._settings.queue_timeout
+            ):
+                await self._emit(
+                    live,
+                    Queued(
+                        session_id=sid,
+                        position=position,
+                        content=f"waiting for a free slot: position {position}",
+                    ),
+                )
+            started = loop.time()
+            self._metrics.queue_wait.observe(started - admitted)
+            log.info("%s acquired slot after %.2f s in the queue", live.tag, started - admitted)
+            await self._emit(
+                live,
+                Init(session_id=sid, content="slot acquired; agent ready"),
+                SessionChanges(status="processing", started_at=utc_now()),
+            )
+            agent = self._agent_factory(sid, config)
+            terminal = Error(session_id=sid, content="the agent stopped without an outcome")
+            async with asyncio.timeout(config.max_run_seconds):
+                async for event in agent.run(live.record.question):
+                    if event.type in TERMINAL_TYPES:
+                        terminal = event
+                        break
+                    if isinstance(event, FinalAnswer):
+                        final = event
+                    await self._emit(live, event)
+        except QueueTimeout as exc:
+            terminal = Timeout(session_id=sid, content=f"timeout: {exc}")
+        except TimeoutError:
+            terminal = Timeout(
+                session_id=sid,
+                content=f"timeout: the research ran past {config.max_run_seconds:g} s",
+            )
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            terminal = Cancelled(session_id=sid, content=live.cancel_reason)
+        except SessionFailure as exc:
+            terminal = Error(session_id=sid, content=str(exc))
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", live.tag)
+            terminal = Error(session_id=sid, content=f"internal error: {type(exc).__name__}")
+        finally:
+            self._admission.release(live.ticket)
+        await asyncio.shield(self._finish(live, terminal, final, admitted, started))
+
+    async def _finish(
+        self,
+        live: _LiveSession,
+        terminal: Event,
+        final: FinalAnswer | None,
+        admitted: float,
+        started: float | None,
+    ) -> None:
+        status = STATUS_BY_TERMINAL_EVENT[terminal.type]
+        changes = SessionChanges(
+            status=status,
+            ended_at=utc_now(),
+            answer=final.answer_data.answer if final else None,
+            citations=[c.model_dump() for c in final.answer_data.citations] if final else None,
+            error=terminal.content if status != "completed" else None,
+        )
+        try:
+            await self._emit(live, terminal, changes)
+        finally:
+            if live.grace is not None:
+                live.grace.cancel()
+            self._live.pop(live.id, None)
+        now = asyncio.get_running_loop().time()
+        self._metrics.sessions.labels(outcome=status).inc()
+        run = f"{now - started:.2f} s" if started is not None else "never ran"
+        waited = (started or now) - admitted
+        if started is not None:
+            self._metrics.run_time.observe(now - started)
+            self._admission.record_run(now - started)
+        log.info("%s %s; queue wait %.2f s, run %s; slot released", live.tag, status, waited, run)

@@ -1,0 +1,383 @@
+"""The local evidence index: corpus records in SQLite, ranked by FTS5 BM25.
+
+One SQLite file holds the records (``documents``), an external-content FTS5
+table over them, and the list of ingested files. Every blocking call runs in a
+worker thread; readers use pooled connections and WAL, so searches keep going
+while a build writes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from deepresearch.tools.base import Source
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_S = 30.0
+_BATCH_ROWS = 1000  # rows per executemany, and how often progress() is told
+_COMMIT_ROWS = 5000  # rows per transaction: big enough for speed, small enough for readers
+_POOL_SIZE = 8
+# bm25() weights for (title, text, mesh, question), tuned on the PubMedQA dev split.
+_WEIGHTS = (4.0, 2.0, 4.0, 2.0)
+_SNIPPET_TOKENS = 40
+_TITLE_CHARS = 80
+_CORE_FIELDS = frozenset({"id", "source", "url", "title", "year", "text"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    -- An explicit integer key: FTS5 external content points at it, and VACUUM may
+    -- renumber an implicit rowid. The record id is the unique lookup key.
+    n INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    title TEXT,
+    year INTEGER,
+    text TEXT NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',  -- JSON: mesh, question, pmid, ...
+    origin TEXT NOT NULL DEFAULT '',  -- resolved path of the file it came from
+    generation INTEGER NOT NULL DEFAULT 0,  -- that file's ingest generation
+    mesh TEXT GENERATED ALWAYS AS (json_extract(extra, '$.mesh')) VIRTUAL,
+    question TEXT GENERATED ALWAYS AS (json_extract(extra, '$.question')) VIRTUAL
+);
+CREATE INDEX IF NOT EXISTS documents_origin ON documents (origin, generation);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
+    title, text, mesh, question,
+    content='documents', content_rowid='n',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS documents_ai AFTER INSERT ON documents BEGIN
+    INSERT INTO documents_fts (rowid, title, text, mesh, question)
+    VALUES (new.n, new.title, new.text, new.mesh, new.question);
+END;
+CREATE TRIGGER IF NOT EXISTS documents_ad AFTER DELETE ON documents BEGIN
+    INSERT INTO documents_fts (documents_fts, rowid, title, text, mesh, question)
+    VALUES ('delete', old.n, old.title, old.text, old.mesh, old.question);
+END;
+CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE ON documents BEGIN
+    INSERT INTO documents_fts (documents_fts, rowid, title, text, mesh, question)
+    VALUES ('delete', old.n, old.title, old.text, old.mesh, old.question);
+    INSERT INTO documents_fts (rowid, title, text, mesh, question)
+    VALUES (new.n, new.title, new.text, new.mesh, new.question);
+END;
+"""
+
+_UPSERT = """
+INSERT INTO documents (id, source, url, title, year, text, extra, origin, generation)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    source = excluded.source, url = excluded.url, title = excluded.title,
+    year = excluded.year, text = excluded.text, extra = excluded.extra,
+    origin = excluded.origin, generation = excluded.generation
+"""
+
+_SEARCH = f"""
+SELECT d.id, d.title, d.url, d.text, d.year,
+       snippet(documents_fts, 1, '', '', '…', {_SNIPPET_TOKENS})
+FROM documents_fts JOIN documents AS d ON d.n = documents_fts.rowid
+WHERE documents_fts MATCH ?
+ORDER BY bm25(documents_fts, {", ".join(map(str, _WEIGHTS))})
+LIMIT ?
+"""
+
+# A common English list; no domain words, BM25 IDF already discounts those.
+_STOPWORD_TEXT = (
+    "a about above after again against all am an and any are as at be because been before "
+    "being below between both but by can could did do does doing down during each few for "
+    "from further had has have having he her here hers herself him himself his how if in "
+    "into is it its itself just me more most my myself no nor not now of off on once only "
+    "or other our ours ourselves out over own same she should so some such than that the "
+    "their theirs them themselves then there these they this those through to too under "
+    "until up very was we were what when where which while who whom why will with would "
+    "you your yours yourself yourselves"
+)
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WORD = re.compile(r"\w+")
+
+# id, source, url, title, year, text, extra, origin, generation
+Row = tuple[str, str, str, str | None, int | None, str, str, str, int]
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    documents: int  # records in the index after the build
+    added: int  # records ingested by this call (new or updated)
+    skipped_files: int  # files unchanged since they were last ingested
+    bad_records: int  # lines that were not JSON objects with a string id and text
+    duplicate_ids: int  # records whose id came earlier in the same file: the last one wins
+    seconds: float
+    size_bytes: int  # the SQLite file on disk
+
+
+def fts_query(text: str) -> str:
+    """Free text to an FTS5 query that cannot carry FTS syntax: quoted terms joined by OR."""
+    terms = dict.fromkeys(
+        t for t in _WORD.findall(text.lower()) if len(t) > 1 and t not in _STOPWORDS
+    )
+    # \w+ never matches a double quote, so quoting cannot be escaped out of.
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+class EvidenceIndex:
+    """Corpus records in one SQLite file, searchable by BM25."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # guards the schema flag and the pool
+        self._build_lock = threading.Lock()  # one writer at a time; readers never wait on it
+        self._ready = False
+        self._idle: list[sqlite3.Connection] = []
+
+    async def build(
+        self, paths: Sequence[Path], progress: Callable[[int], None] | None = None
+    ) -> IndexStats:
+        """Ingest JSONL / JSONL.gz files (a folder means its ``*.jsonl[.gz]``), skipping
+        files unchanged since the last build.
+
+        A changed file is re-ingested: records upsert by id, and records that are
+        no longer in it are deleted. Records of files not passed to this call are
+        kept, so a partial build never drops another corpus.
+        """
+        return await anyio.to_thread.run_sync(self._build, _expand(paths), progress)
+
+    async def search(self, query: str, limit: int = 10) -> list[Source]:
+        match = fts_query(query)
+        if not match or limit <= 0:
+            return []
+        rows = await self._read(lambda c: c.execute(_SEARCH, (match, limit)).fetchall())
+        return [_source(*row) for row in rows]
+
+    async def get(self, source_id: str) -> Source | None:
+        sql = "SELECT id, title, url, text, year FROM documents WHERE id = ?"
+        row = await self._read(lambda c: c.execute(sql, (source_id,)).fetchone())
+        return None if row is None else _source(*row)
+
+    async def count(self) -> int:
+        row = await self._read(lambda c: c.execute("SELECT count(*) FROM documents").fetchone())
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- blocking parts, always run in a worker thread --
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit, so readers never hold one open.
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL, much faster commits
+        return conn
+
+    def _ensure_schema(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(_SCHEMA)
+            finally:
+                conn.close()
+            self._ready = True
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._with_reader, fn)
+
+    def _with_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._ensure_schema()
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.close()  # its state is unknown; do not hand it to the next reader
+            raise
+        with self._lock:
+            if len(self._idle) < _POOL_SIZE:
+                self._idle.append(conn)
+                return result
+        conn.close()
+        return result
+
+    def _build(self, files: list[Path], progress: Callable[[int], None] | None) -> IndexStats:
+        started = time.perf_counter()
+        self._ensure_schema()
+        tally = _Tally()
+        with self._build_lock:
+            conn = self._connect()
+            try:
+                for path in files:
+                    self._ingest(conn, path, tally, progress)
+                if tally.added:
+                    # Merge FTS segments into one b-tree: smaller file, faster queries.
+                    conn.execute("INSERT INTO documents_fts (documents_fts) VALUES ('optimize')")
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            finally:
+                conn.close()
+        return IndexStats(
+            documents=documents,
+            added=tally.added,
+            skipped_files=tally.skipped_files,
+            bad_records=tally.bad,
+            duplicate_ids=tally.duplicates,
+            seconds=time.perf_counter() - started,
+            size_bytes=self.path.stat().st_size,
+        )
+
+    def _ingest(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        tally: _Tally,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        key, stat = str(path.resolve()), path.stat()
+        old = conn.execute(
+            "SELECT size, mtime_ns, generation FROM files WHERE path = ?", (key,)
+        ).fetchone()
+        if old is not None and tuple(old[:2]) == (stat.st_size, stat.st_mtime_ns):
+            tally.skipped_files += 1
+            return
+        generation = 1 if old is None else old[2] + 1
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            pending = 0
+            for batch in _batches(path, key, generation, tally):
+                conn.executemany(_UPSERT, batch)
+                tally.added += len(batch)
+                pending += len(batch)
+                if progress is not None:
+                    # On the event loop, so the callback may touch loop-bound objects.
+                    anyio.from_thread.run_sync(progress, tally.added)
+                if pending >= _COMMIT_ROWS:
+                    conn.execute("COMMIT")
+                    conn.execute("BEGIN IMMEDIATE")
+                    pending = 0
+            # Records this file held before and no longer does go away with it.
+            conn.execute(
+                "DELETE FROM documents WHERE origin = ? AND generation < ?", (key, generation)
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                (key, stat.st_size, stat.st_mtime_ns, generation),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            # The file stays unrecorded, so the next build ingests it again from scratch.
+            conn.execute("ROLLBACK")
+            raise
+
+
+@dataclass
+class _Tally:
+    added: int = 0
+    skipped_files: int = 0
+    bad: int = 0
+    duplicates: int = 0
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = [*path.glob("*.jsonl"), *path.glob("*.jsonl.gz")]
+            files.extend(sorted(p for p in found if p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+def _batches(path: Path, origin: str, generation: int, tally: _Tally) -> Iterator[list[Row]]:
+    """Rows to upsert, ``_BATCH_ROWS`` at a time; bad lines and repeated ids go to ``tally``."""
+    batch: list[Row] = []
+    seen: set[str] = set()
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            row = _row(line, origin, generation)
+            if row is None:
+                tally.bad += 1
+                continue
+            if row[0] in seen:
+                tally.duplicates += 1  # the later record replaces the earlier one
+            seen.add(row[0])
+            batch.append(row)
+            if len(batch) >= _BATCH_ROWS:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _row(line: bytes, origin: str, generation: int) -> Row | None:
+    try:
+        record = json.loads(line)
+    except ValueError:  # also covers bad UTF-8
+        return None
+    if not isinstance(record, dict):
+        return None
+    rid, text = record.get("id"), record.get("text")
+    if not isinstance(rid, str) or not rid or not isinstance(text, str) or not text:
+        return None
+    title = record.get("title")
+    extra = {k: v for k, v in record.items() if k not in _CORE_FIELDS}
+    return (
+        rid,
+        str(record.get("source") or ""),
+        str(record.get("url") or ""),
+        title if isinstance(title, str) and title else None,
+        _year(record.get("year")),
+        text,
+        json.dumps(extra, ensure_ascii=False),
+        origin,
+        generation,
+    )
+
+
+def _year(value: object) -> int | None:
+    # The corpus stores years as strings ("1994"); anything unparseable is unknown.
+    try:
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _source(
+    rid: str, title: str | None, url: str, text: str, year: int | None, snippet: str = ""
+) -> Source:
+    if not title:
+        flat = " ".join(text[: _TITLE_CHARS * 2].split())
+        title = flat if len(flat) <= _TITLE_CHARS else flat[:_TITLE_CHARS].rsplit(" ", 1)[0] + "…"
+    # Collapse newlines and tabs so a snippet is one clean line in a terminal.
+    return Source(rid, title, url, text, year, " ".join(snippet.split()))

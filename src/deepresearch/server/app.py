@@ -1,0 +1,263 @@
+"""The FastAPI app factory: a lifespan that owns every resource, thin routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from deepresearch.config import Settings
+from deepresearch.errors import ClientError, Overloaded
+from deepresearch.llm.base import ChatModel
+from deepresearch.runtime.manager import SessionRequest, owner_of
+from deepresearch.server.schemas import ChatRequest
+from deepresearch.server.sse import sse_bytes
+from deepresearch.services import Services, ToolsFactory, default_tools, open_services
+from deepresearch.sessions.records import SessionRecord, SessionStatus
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+router = APIRouter()
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def get_services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+Svc = Annotated[Services, Depends(get_services)]
+
+
+def get_owner(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The caller's identity when client keys are on; 401 without a valid key."""
+    keys = svc.settings.api_keys
+    if not keys:
+        return None
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or key not in keys:
+        raise _Unauthorized()
+    return owner_of(key)
+
+
+Owner = Annotated[str | None, Depends(get_owner)]
+
+
+async def parse_chat(request: Request, svc: Services) -> ChatRequest:
+    """The body, validated; the question's length against the configured limit."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {exc}"}]
+        ) from exc
+    if not isinstance(body, dict):
+        raise RequestValidationError([{"loc": ("body",), "msg": "the body must be a JSON object"}])
+    try:
+        chat = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    limit = svc.settings.max_question_chars
+    if len(chat.question) > limit:
+        raise RequestValidationError(
+            [{"loc": ("question",), "msg": f"the question is longer than {limit} characters"}]
+        )
+    return chat
+
+
+async def start(request: Request, svc: Services, who: str | None) -> str:
+    chat = await parse_chat(request, svc)
+    return await svc.manager.start(
+        SessionRequest(
+            question=chat.question,
+            generation=chat.generation(),
+            session_id=chat.session_id,
+            on_disconnect=chat.on_disconnect,
+            owner=who,
+        )
+    )
+
+
+def stream(svc: Services, session_id: str, after: int) -> StreamingResponse:
+    events = svc.manager.follow(session_id, after, idle=svc.settings.heartbeat_seconds)
+    return StreamingResponse(sse_bytes(events), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/chat/stream")
+async def chat_stream(request: Request, svc: Svc, who: Owner) -> StreamingResponse:
+    session_id = await start(request, svc, who)
+    return stream(svc, session_id, 0)
+
+
+@router.post("/chat")
+async def chat(request: Request, svc: Svc, who: Owner) -> dict[str, Any]:
+    session_id = await start(request, svc, who)
+    async for _ in svc.manager.follow(session_id):
+        pass
+    record = await svc.manager.get(session_id, who)
+    return {
+        "session_id": record.id,
+        "status": record.status,
+        "answer": record.answer,
+        "citations": record.citations,
+        "error": record.error,
+    }
+
+
+@router.get("/health")
+async def health(svc: Svc) -> dict[str, Any]:
+    admission = svc.admission
+    return {
+        "status": "healthy",
+        "agent_config_initialized": True,
+        "active_sessions": admission.busy,
+        "queued_sessions": admission.queued,
+        "max_concurrent": admission.max_concurrent,
+        "max_queue": admission.max_queue,
+        "lock_acquired": admission.saturated,
+        "mode": "offline" if svc.model is None else "llm",
+        "llm": {
+            "configured": svc.model is not None,
+            "backends": [vars(state) for state in svc.model.states()] if svc.model else [],
+        },
+        "index": vars(svc.index_state),
+    }
+
+
+@router.get("/sessions")
+async def sessions(
+    svc: Svc,
+    who: Owner,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: SessionStatus | None = None,
+) -> dict[str, Any]:
+    records, total = await svc.manager.list_sessions(
+        limit=limit, offset=offset, status=status, owner=who
+    )
+    return {
+        "active_sessions": {record.id: _summary(record) for record in records},
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+@router.get("/sessions/{session_id}")
+async def session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
+    return _detail(await svc.manager.get(session_id, who))
+
+
+@router.get("/sessions/{session_id}/events")
+async def session_events(
+    session_id: str,
+    svc: Svc,
+    who: Owner,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    await svc.manager.get(session_id, who)
+    after = 0
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise RequestValidationError(
+                [{"loc": ("Last-Event-ID",), "msg": "must be an event sequence number"}]
+            )
+        after = int(last_event_id)
+    return stream(svc, session_id, after)
+
+
+@router.delete("/sessions/{session_id}")
+async def cancel(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
+    record = await svc.manager.cancel(session_id, who, "cancelled by the client")
+    return _detail(record)
+
+
+@router.get("/metrics")
+async def metrics(svc: Svc, who: Owner) -> Response:
+    return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _field_errors(errors: list[Any]) -> JSONResponse:
+    fields: dict[str, str] = {}
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        name = ".".join(location) if location else "body"
+        if error.get("type") == "json_invalid":
+            name = "body"
+        fields.setdefault(name, error.get("msg", "invalid"))
+    summary = "; ".join(f"{name}: {message}" for name, message in fields.items())
+    return JSONResponse(
+        status_code=422, content={"error": f"invalid request: {summary}", "fields": fields}
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    tools_factory: ToolsFactory = default_tools,
+    model: ChatModel | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(settings, tools_factory=tools_factory, model=model) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(title="deepresearch", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _field_errors(list(exc.errors()))
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        if isinstance(exc, Overloaded):
+            request.app.state.services.metrics.rejected.inc()
+        return JSONResponse(
+            status_code=exc.status_code, content={"error": str(exc)}, headers=headers
+        )
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            status_code=401,
+            content={"error": "a valid 'Authorization: Bearer KEY' header is required"},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    app.include_router(router)
+    return app
+
+
+def _summary(record: SessionRecord) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "question": record.question,
+        "start_time": record.created_at.isoformat(),
+        "status": record.status,
+    }
+    if record.ended_at is not None:
+        summary["end_time"] = record.ended_at.isoformat()
+    return summary
+
+
+def _detail(record: SessionRecord) -> dict[str, Any]:
+    return {
+        "session_id": record.id,
+        **_summary(record),
+        "started_at": record.started_at.isoformat() if record.started_at else None,
+        "on_disconnect": record.on_disconnect,
+        "answer": record.answer,
+        "citations": record.citations,
+        "error": record.error,
+        "events": record.last_seq,
+    }

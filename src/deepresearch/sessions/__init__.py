@@ -1,0 +1,19 @@
+"""Where sessions and their event logs are kept: one interface, several backends."""
+
+from deepresearch.sessions.records import (
+    SessionChanges,
+    SessionRecord,
+    SessionStatus,
+    StoredEvent,
+)
+from deepresearch.sessions.sqlite import SqliteSessionStore
+from deepresearch.sessions.store import SessionStore
+
+__all__ = [
+    "SessionChanges",
+    "SessionRecord",
+    "SessionStatus",
+    "SessionStore",
+    "SqliteSessionStore",
+    "StoredEvent",
+]

@@ -1,0 +1,319 @@
+"""The default session store: one SQLite file in WAL mode.
+
+All writes go through one thread and one connection, and appends from every
+session are group-committed: while one transaction is being written, the next
+appends queue up and go in the following one. So 1,000 streams cost a few
+commits, not 1,000. Reads use a second connection on its own thread (WAL lets
+readers run beside the writer). The event loop never touches SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from deepresearch.errors import SessionConflict
+from deepresearch.sessions.records import (
+    UNFINISHED,
+    SessionChanges,
+    SessionRecord,
+    SessionStatus,
+    StoredEvent,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    question TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    owner TEXT,
+    on_disconnect TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    answer TEXT,
+    citations TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions (created_at DESC);
+CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, created_at DESC);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+"""
+
+COLUMNS = (
+    "id, question, status, created_at, owner, on_disconnect, "
+    "started_at, ended_at, answer, citations, error, last_seq"
+)
+FINISHED_SQL = "status NOT IN ('queued', 'processing')"
+
+Batch = list[tuple[str, Sequence[StoredEvent], SessionChanges | None, "asyncio.Future[None]"]]
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _record(row: tuple[Any, ...]) -> SessionRecord:
+    created = _parse_time(row[3])
+    assert created is not None
+    return SessionRecord(
+        id=row[0],
+        question=row[1],
+        status=cast(SessionStatus, row[2]),
+        created_at=created,
+        owner=row[4],
+        on_disconnect=row[5],
+        started_at=_parse_time(row[6]),
+        ended_at=_parse_time(row[7]),
+        answer=row[8],
+        citations=json.loads(row[9]),
+        error=row[10],
+        last_seq=row[11],
+    )
+
+
+def _change_columns(changes: SessionChanges) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": changes.status,
+        "started_at": _time(changes.started_at),
+        "ended_at": _time(changes.ended_at),
+        "answer": changes.answer,
+        "citations": json.dumps(changes.citations) if changes.citations is not None else None,
+        "error": changes.error,
+    }
+    return {column: value for column, value in values.items() if value is not None}
+
+
+def _apply_changes(db: sqlite3.Connection, session_id: str, changes: SessionChanges) -> None:
+    columns = _change_columns(changes)
+    if columns:
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        db.execute(
+            f"UPDATE sessions SET {assignments} WHERE id = ?", [*columns.values(), session_id]
+        )
+
+
+class SqliteSessionStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sessions-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sessions-read")
+        self._write_db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
+        self._pending: Batch = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._write_db
+        assert db is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, db)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._read_db
+        assert db is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, db)
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._write_db = await loop.run_in_executor(self._writer, self._connect)
+        await self._write(lambda db: db.executescript(SCHEMA))
+        self._read_db = await loop.run_in_executor(self._reader, self._connect)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        loop = asyncio.get_running_loop()
+        for db, pool in ((self._write_db, self._writer), (self._read_db, self._reader)):
+            if db is not None:
+                await loop.run_in_executor(pool, db.close)
+        self._write_db = self._read_db = None
+        self._writer.shutdown(wait=False)
+        self._reader.shutdown(wait=False)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def create(self, record: SessionRecord) -> None:
+        row = (
+            record.id,
+            record.question,
+            record.status,
+            _time(record.created_at),
+            record.owner,
+            record.on_disconnect,
+            _time(record.started_at),
+            _time(record.ended_at),
+            record.answer,
+            json.dumps(record.citations),
+            record.error,
+            record.last_seq,
+        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(f"INSERT INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 12)})", row)
+
+        try:
+            await self._write(insert)
+        except sqlite3.IntegrityError as exc:
+            raise SessionConflict(f"session {record.id} already exists") from exc
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[StoredEvent],
+        changes: SessionChanges | None = None,
+    ) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((session_id, events, changes, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        # Shielded: a cancelled caller must not leave its events half-known.
+        await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write(functools.partial(self._write_batch, batch=batch))
+                except Exception as exc:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._flusher = None
+
+    @staticmethod
+    def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> None:
+        with db:
+            for session_id, events, changes, _ in batch:
+                if events:
+                    db.executemany(
+                        "INSERT INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)",
+                        [(session_id, e.seq, e.type, e.data) for e in events],
+                    )
+                    db.execute(
+                        "UPDATE sessions SET last_seq = ? WHERE id = ?",
+                        (events[-1].seq, session_id),
+                    )
+                if changes is not None:
+                    _apply_changes(db, session_id, changes)
+
+    async def update(self, session_id: str, changes: SessionChanges) -> None:
+        await self.append(session_id, (), changes)
+
+    async def prune(self, *, older_than: datetime, keep: int) -> int:
+        cutoff = older_than.isoformat()
+
+        def delete(db: sqlite3.Connection) -> int:
+            with db:
+                doomed = [
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT id FROM sessions WHERE {FINISHED_SQL} AND (created_at < ? OR id "
+                        "NOT IN (SELECT id FROM sessions ORDER BY created_at DESC LIMIT ?))",
+                        (cutoff, keep),
+                    )
+                ]
+                for start in range(0, len(doomed), 500):
+                    chunk = doomed[start : start + 500]
+                    marks = ", ".join("?" * len(chunk))
+                    db.execute(f"DELETE FROM events WHERE session_id IN ({marks})", chunk)
+                    db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", chunk)
+                return len(doomed)
+
+        return await self._write(delete)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        def fetch(db: sqlite3.Connection) -> SessionRecord | None:
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            return _record(row) if row else None
+
+        return await self._read(fetch)
+
+    async def list_sessions(
+        self,
+        *,
+        limit: int,
+        offset: int = 0,
+        status: SessionStatus | None = None,
+        owner: str | None = None,
+    ) -> tuple[list[SessionRecord], int]:
+        clauses: list[str] = []
+        params: list[str] = []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def fetch(db: sqlite3.Connection) -> tuple[list[SessionRecord], int]:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM sessions {where} "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            total = db.execute(f"SELECT COUNT(*) FROM sessions {where}", params).fetchone()[0]
+            return [_record(row) for row in rows], total
+
+        return await self._read(fetch)
+
+    async def unfinished(self) -> list[SessionRecord]:
+        marks = ", ".join(f"'{status}'" for status in sorted(UNFINISHED))
+
+        def fetch(db: sqlite3.Connection) -> list[SessionRecord]:
+            rows = db.execute(f"SELECT {COLUMNS} FROM sessions WHERE status IN ({marks})")
+            return [_record(row) for row in rows]
+
+        return await self._read(fetch)
+
+    async def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
+        def fetch(db: sqlite3.Connection) -> list[StoredEvent]:
+            rows = db.execute(
+                "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? ORDER BY seq",
+                (session_id, after),
+            )
+            return [StoredEvent(seq, type_, data) for seq, type_, data in rows]
+
+        return await self._read(fetch)

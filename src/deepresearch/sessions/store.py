@@ -1,0 +1,61 @@
+"""The ``SessionStore`` interface. Every backend passes ``tests/sessions/conformance.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from deepresearch.sessions.records import (
+    SessionChanges,
+    SessionRecord,
+    SessionStatus,
+    StoredEvent,
+)
+
+
+class SessionStore(Protocol):
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    async def close(self) -> None:
+        """Flush pending writes and release connections."""
+
+    async def create(self, record: SessionRecord) -> None:
+        """Add a new session; ``SessionConflict`` if the id is taken."""
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[StoredEvent],
+        changes: SessionChanges | None = None,
+    ) -> None:
+        """Persist events (and optionally record changes) atomically, in order.
+
+        Returns once they are durable enough to be read back by ``events``.
+        """
+
+    async def update(self, session_id: str, changes: SessionChanges) -> None:
+        """Change fields of a record."""
+
+    async def get(self, session_id: str) -> SessionRecord | None: ...
+
+    async def list_sessions(
+        self,
+        *,
+        limit: int,
+        offset: int = 0,
+        status: SessionStatus | None = None,
+        owner: str | None = None,
+    ) -> tuple[list[SessionRecord], int]:
+        """Newest first, with the total count matching the filters."""
+
+    async def unfinished(self) -> list[SessionRecord]:
+        """Sessions still ``queued`` or ``processing`` (after a crash: interrupted ones)."""
+
+    async def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
+        """The session's events with ``seq > after``, in order."""
+
+    async def prune(self, *, older_than: datetime, keep: int) -> int:
+        """Delete finished sessions created before ``older_than``, and the oldest
+        finished ones beyond the newest ``keep``; returns how many were deleted."""
