@@ -246,7 +246,7 @@ class SqliteSessionStore:
                     row[0]
                     for row in db.execute(
                         f"SELECT id FROM sessions WHERE {FINISHED_SQL} AND (created_at < ? OR id "
-                        "NOT IN (SELECT id FROM sessions ORDER BY created_at DESC LIMIT ?))",
+                        f"NOT IN (SELECT id FROM sessions WHERE {FINISHED_SQL} ORDER BY created_at DESC LIMIT ?))",
                         (cutoff, keep),
                     )
                 ]

@@ -57,5 +57,6 @@ class SessionStore(Protocol):
         """The session's events with ``seq > after``, in order."""
 
     async def prune(self, *, older_than: datetime, keep: int) -> int:
-        """Delete finished sessions created before ``older_than``, and the oldest
-        finished ones beyond the newest ``keep``; returns how many were deleted."""
+        """Delete finished sessions created before ``older_than``, and finished ones
+        beyond the newest ``keep`` finished; never an unfinished one. Returns how
+        many were deleted."""

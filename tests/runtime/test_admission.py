@@ -1,0 +1,85 @@
+"""Admission: slots, a bounded FIFO queue with positions, timeouts, exact accounting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deepresearch.errors import Overloaded
+from deepresearch.runtime.admission import Admission, QueueTimeout, Ticket
+
+
+async def report_positions(admission: Admission, ticket: Ticket, seen: asyncio.Queue[int]) -> None:
+    async for position in admission.wait_turn(ticket, timeout=5):
+        await seen.put(position)
+
+
+async def test_free_slots_are_taken_at_once_then_requests_queue_in_order() -> None:
+    admission = Admission(max_concurrent=2, max_queue=5)
+    first, second, third, fourth = (admission.admit(f"s{n}") for n in range(4))
+    assert [t.state for t in (first, second, third, fourth)] == [
+        "holding",
+        "holding",
+        "waiting",
+        "waiting",
+    ]
+    assert (third.position, fourth.position) == (1, 2)
+    assert (admission.busy, admission.queued, admission.saturated) == (2, 2, True)
+
+    admission.release(first)
+    assert third.state == "holding" and fourth.position == 1
+    assert (admission.busy, admission.queued) == (2, 1)
+
+
+async def test_full_queue_is_refused_with_retry_after_and_reserves_nothing() -> None:
+    admission = Admission(max_concurrent=1, max_queue=1)
+    admission.admit("running")
+    admission.admit("waiting")
+    with pytest.raises(Overloaded) as refused:
+        admission.admit("refused")
+    assert refused.value.retry_after >= 1
+    assert (admission.busy, admission.queued) == (1, 1)
+
+
+async def test_waiter_sees_each_new_position_then_gets_the_slot() -> None:
+    admission = Admission(max_concurrent=1, max_queue=10)
+    holder = admission.admit("holder")
+    ahead = [admission.admit(f"a{n}") for n in range(2)]
+    mine = admission.admit("mine")
+    seen: asyncio.Queue[int] = asyncio.Queue()
+    watcher = asyncio.create_task(report_positions(admission, mine, seen))
+    assert await seen.get() == 3
+    admission.release(holder)  # a0 takes the slot
+    assert await seen.get() == 2
+    admission.release(ahead[0])  # a1 takes it
+    assert await seen.get() == 1
+    admission.release(ahead[1])  # mine takes it
+    await watcher
+    assert seen.empty()
+    assert mine.state == "holding" and admission.busy == 1 and admission.queued == 0
+
+
+async def test_queue_timeout_leaves_the_queue_and_others_move_up() -> None:
+    admission = Admission(max_concurrent=1, max_queue=10)
+    admission.admit("holder")
+    impatient = admission.admit("impatient")
+    behind = admission.admit("behind")
+    with pytest.raises(QueueTimeout):
+        async for _ in admission.wait_turn(impatient, timeout=0.05):
+            pass
+    admission.release(impatient)
+    assert behind.position == 1 and admission.queued == 1 and admission.busy == 1
+
+
+async def test_release_is_idempotent_in_every_state() -> None:
+    admission = Admission(max_concurrent=1, max_queue=10)
+    holder = admission.admit("holder")
+    waiter = admission.admit("waiter")
+    admission.release(waiter)
+    admission.release(waiter)
+    assert admission.queued == 0 and admission.busy == 1
+    admission.release(holder)
+    admission.release(holder)
+    assert admission.busy == 0
+    assert holder.state == waiter.state == "released"

@@ -1,0 +1,136 @@
+"""The behaviour every ``SessionStore`` backend must have.
+
+A backend's test module subclasses ``StoreConformance`` and provides a
+``store`` fixture (an opened store) and a ``reopen`` fixture (a callable that
+closes it and opens a new store on the same data, as a restart would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from deepresearch.errors import SessionConflict
+from deepresearch.sessions import SessionChanges, SessionRecord, SessionStore, StoredEvent
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+Reopen = Callable[[], Awaitable[SessionStore]]
+
+
+def record(session_id: str, minutes: int = 0, **fields: object) -> SessionRecord:
+    return SessionRecord(
+        id=session_id,
+        question=f"question of {session_id}",
+        status=fields.pop("status", "queued"),  # type: ignore[arg-type]
+        created_at=T0 + timedelta(minutes=minutes),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def events(first: int, last: int, kind: str = "thinking") -> list[StoredEvent]:
+    return [StoredEvent(seq, kind, f'{{"seq": {seq}}}') for seq in range(first, last + 1)]
+
+
+class StoreConformance:
+    async def test_create_and_get_round_trip(self, store: SessionStore) -> None:
+        original = record("s-1", owner="abc", on_disconnect="continue")
+        await store.create(original)
+        assert await store.get("s-1") == original
+        assert await store.get("missing") is None
+
+    async def test_duplicate_id_is_a_conflict(self, store: SessionStore) -> None:
+        await store.create(record("s-1"))
+        with pytest.raises(SessionConflict):
+            await store.create(record("s-1"))
+
+    async def test_events_keep_order_and_resume_after_a_sequence(
+        self, store: SessionStore
+    ) -> None:
+        await store.create(record("s-1"))
+        await store.append("s-1", events(1, 3))
+        await store.append("s-1", events(4, 6))
+        assert [e.seq for e in await store.events("s-1")] == [1, 2, 3, 4, 5, 6]
+        assert [e.seq for e in await store.events("s-1", after=3)] == [4, 5, 6]
+        assert await store.events("s-1", after=6) == []
+        stored = await store.get("s-1")
+        assert stored is not None and stored.last_seq == 6
+
+    async def test_concurrent_appends_from_many_sessions_all_land(
+        self, store: SessionStore
+    ) -> None:
+        ids = [f"s-{n}" for n in range(20)]
+        for session_id in ids:
+            await store.create(record(session_id))
+
+        async def write(session_id: str) -> None:
+            for seq in range(1, 11):
+                await store.append(session_id, [StoredEvent(seq, "thinking", f'"{session_id}"')])
+
+        await asyncio.gather(*(write(session_id) for session_id in ids))
+        for session_id in ids:
+            got = await store.events(session_id)
+            assert [e.seq for e in got] == list(range(1, 11))
+            assert all(e.data == f'"{session_id}"' for e in got)
+
+    async def test_append_with_changes_updates_the_record(self, store: SessionStore) -> None:
+        await store.create(record("s-1"))
+        ended = T0 + timedelta(minutes=5)
+        citations = [{"id": "1", "source_id": "pubmed:1", "url": "u", "preview": "p"}]
+        await store.append(
+            "s-1",
+            events(1, 1, "completed"),
+            SessionChanges(status="completed", ended_at=ended, answer="A [1]", citations=citations),
+        )
+        stored = await store.get("s-1")
+        assert stored is not None
+        assert (stored.status, stored.ended_at, stored.answer) == ("completed", ended, "A [1]")
+        assert stored.citations == citations
+        await store.update("s-1", SessionChanges(error="noted"))
+        stored = await store.get("s-1")
+        assert stored is not None and stored.status == "completed" and stored.error == "noted"
+
+    async def test_list_is_newest_first_paged_and_filtered(self, store: SessionStore) -> None:
+        for n in range(5):
+            status = "completed" if n % 2 == 0 else "failed"
+            await store.create(record(f"s-{n}", minutes=n, status=status, owner=f"o{n % 2}"))
+        page, total = await store.list_sessions(limit=2)
+        assert [r.id for r in page] == ["s-4", "s-3"] and total == 5
+        page, total = await store.list_sessions(limit=2, offset=4)
+        assert [r.id for r in page] == ["s-0"] and total == 5
+        page, total = await store.list_sessions(limit=10, status="failed")
+        assert [r.id for r in page] == ["s-3", "s-1"] and total == 2
+        page, total = await store.list_sessions(limit=10, owner="o0")
+        assert [r.id for r in page] == ["s-4", "s-2", "s-0"] and total == 3
+
+    async def test_unfinished_lists_queued_and_processing(self, store: SessionStore) -> None:
+        await store.create(record("queued", status="queued"))
+        await store.create(record("running", minutes=1, status="processing"))
+        await store.create(record("done", minutes=2, status="completed"))
+        assert sorted(r.id for r in await store.unfinished()) == ["queued", "running"]
+
+    async def test_prune_by_age_and_count_keeps_unfinished(self, store: SessionStore) -> None:
+        for n in range(6):
+            await store.create(record(f"old-{n}", minutes=n, status="completed"))
+            await store.append(f"old-{n}", events(1, 2))
+        await store.create(record("running", minutes=0, status="processing"))
+        removed = await store.prune(older_than=T0 + timedelta(minutes=2), keep=100)
+        assert removed == 2  # old-0 and old-1; the running one is never pruned
+        assert await store.get("old-0") is None and await store.events("old-0") == []
+        assert await store.get("running") is not None
+        removed = await store.prune(older_than=T0, keep=2)
+        assert removed == 2  # old-2 and old-3: only the 2 newest finished ones stay
+        remaining, total = await store.list_sessions(limit=10)
+        assert total == 3
+        assert {r.id for r in remaining} == {"old-5", "old-4", "running"}
+
+    async def test_everything_survives_reopening(self, store: SessionStore, reopen: Reopen) -> None:
+        await store.create(record("s-1", status="completed"))
+        await store.append("s-1", events(1, 4))
+        again = await reopen()
+        stored = await again.get("s-1")
+        assert stored is not None and stored.status == "completed"
+        assert [e.seq for e in await again.events("s-1")] == [1, 2, 3, 4]

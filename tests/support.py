@@ -1,0 +1,279 @@
+"""Shared test helpers: real processes, real HTTP, a real SSE parser, a scripted model."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deepresearch.config import GenerationSettings
+from deepresearch.errors import BackendError
+from deepresearch.llm.base import BackendState, Message
+
+ROOT = Path(__file__).resolve().parents[1]
+SIMULATOR = ROOT / "bench" / "llm_simulator.py"
+SHARED_CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+TERMINAL = {"completed", "error", "timeout", "no_answer", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"process did not print {prefix!r} within {timeout} s")
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"process exited early with code {proc.wait()}")
+            if line.startswith(prefix):
+                return line.strip()
+
+
+@contextmanager
+def simulator(*args: str) -> Iterator[Process]:
+    """The OpenAI-compatible LLM simulator as a real process."""
+    proc = subprocess.Popen(
+        [sys.executable, str(SIMULATOR), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _wait_for_line(proc, "LISTENING ", 20)
+        yield Process(proc, line.split()[1])
+    finally:
+        Process(proc, "").stop()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with code {proc.returncode}"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)  # polling a condition with a deadline, not hoping a race away
+    raise AssertionError(f"server at {url} did not become healthy within {timeout} s")
+
+
+@contextmanager
+def server(data_dir: Path, **env: str) -> Iterator[Process]:
+    """``deepresearch serve`` as a real process on a free port."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DEEPRESEARCH_DATA_DIR": str(data_dir),
+        "DEEPRESEARCH_PORT": str(port),
+        "DEEPRESEARCH_CORPUS": env.pop("DEEPRESEARCH_CORPUS", str(SHARED_CORPUS)),
+        "DEEPRESEARCH_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepresearch.cli", "serve"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process = Process(proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(process.url, proc)
+        yield process
+    finally:
+        process.stop()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+@dataclass
+class SSEEvent:
+    id: int | None
+    data: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+
+@dataclass
+class SSEStream:
+    status: int
+    events: list[SSEEvent] = field(default_factory=list)
+    comments: int = 0
+
+    @property
+    def types(self) -> list[str]:
+        return [event.type for event in self.events]
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent | None]:
+    """Parse an SSE body per the HTML spec: ``None`` for a comment line."""
+    event_id: int | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                yield SSEEvent(event_id, json.loads("\n".join(data)))
+            event_id, data = None, []
+        elif line.startswith(":"):
+            yield None
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "id":
+                event_id = int(value)
+            elif name == "data":
+                data.append(value)
+
+
+async def collect(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> SSEStream:
+    """Read a stream to its terminal event (or ``limit`` events), then disconnect."""
+    async with client.stream(method, url, **kwargs) as response:
+        result = SSEStream(response.status_code)
+        if response.status_code != 200:
+            await response.aread()
+            return result
+        async for event in iter_sse(response):
+            if event is None:
+                result.comments += 1
+                continue
+            result.events.append(event)
+            if event.type in TERMINAL or (limit is not None and len(result.events) >= limit):
+                break
+    return result
+
+
+class ScriptedModel:
+    """A ``ChatModel`` that replies from a script, recording what it was sent.
+
+    Each script item is a reply (str, streamed in small pieces) or an exception
+    to raise instead.
+    """
+
+    def __init__(self, replies: Sequence[str | Exception], piece: int = 7) -> None:
+        self._replies = list(replies)
+        self._piece = piece
+        self.calls: list[list[Message]] = []
+        self.settings: list[GenerationSettings] = []
+
+    def states(self) -> list[BackendState]:
+        return [BackendState("scripted", "scripted", True, None)]
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        stop: Sequence[str],
+    ) -> AsyncIterator[str]:
+        self.calls.append(list(messages))
+        self.settings.append(settings)
+        if not self._replies:
+            raise BackendError("the script has no more replies")
+        reply = self._replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        for start in range(0, len(reply), self._piece):
+            yield reply[start : start + self._piece]
+
+
+@asynccontextmanager
+async def running_app(settings: Any, **app_options: Any) -> AsyncIterator[str]:
+    """The real app under a real uvicorn on a free port, in this process."""
+    import asyncio
+
+    import uvicorn
+
+    from deepresearch.server import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, **app_options),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+    )
+    instance = uvicorn.Server(config)
+    task = asyncio.create_task(instance.serve())
+    try:
+        while not instance.started:
+            assert not task.done(), "server failed to start"
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        await task
+
+
+def write_corpus(folder: Path) -> Path:
+    """A small corpus in the shared data's JSONL shape."""
+    records = [
+        {
+            "id": f"pubmed:{1000 + n}",
+            "source": "PubMed",
+            "url": f"https://pubmed.ncbi.nlm.nih.gov/{1000 + n}/",
+            "title": title,
+            "year": "2020",
+            "text": text,
+        }
+        for n, (title, text) in enumerate(
+            [
+                ("Metformin in type 2 diabetes", "Metformin is the first-line therapy for type 2 "
+                 "diabetes. Lifestyle changes improve glycaemic control."),
+                ("Hypertension treatment", "Thiazide diuretics, ACE inhibitors and calcium channel "
+                 "blockers are first-line treatments for hypertension."),
+                ("Asthma inhalers", "Inhaled corticosteroids reduce asthma exacerbations."),
+            ]
+        )
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
