@@ -148,6 +148,9 @@ class EvidenceIndex:
         self._build_lock = threading.Lock()  # one writer at a time; readers never wait on it
         self._ready = False
         self._idle: list[sqlite3.Connection] = []
+        # Readers beyond the pool wait here, off-thread-pool: forty threads fighting for
+        # the GIL starved the event loop (100 ms stalls) and a running build.
+        self._readers = anyio.CapacityLimiter(_POOL_SIZE)
 
     async def build(self, paths: Sequence[Path], progress: Progress = None) -> IndexStats:
         """Ingest JSONL / JSONL.gz files (a folder means its ``*.jsonl[.gz]``), skipping
@@ -205,7 +208,7 @@ class EvidenceIndex:
             self._ready = True
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._with_reader, fn)
+        return await anyio.to_thread.run_sync(self._with_reader, fn, limiter=self._readers)
 
     def _with_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._ensure_schema()

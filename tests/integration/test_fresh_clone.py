@@ -1,0 +1,51 @@
+"""The README's `make serve` works from a fresh clone (CI runs `make test` itself so)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.support import ROOT, free_port, wait_until_healthy
+
+
+def test_make_serve_from_a_fresh_clone_answers_a_question(tmp_path: Path) -> None:
+    clone = tmp_path / "main"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    # The clone sees the shared data where a developer's checkout does: ../shared.
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DEEPRESEARCH_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    env["DEEPRESEARCH_PORT"] = str(port)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        ["make", "serve"],
+        cwd=clone,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, proc, timeout=900)
+        health = httpx.get(f"{url}/health").json()
+        assert health["mode"] == "offline"
+        answer = httpx.post(
+            f"{url}/chat", json={"question": "How is hypertension treated?"}, timeout=120
+        ).json()
+        assert answer["status"] == "completed"
+        assert answer["citations"] and "[1]" in answer["answer"] or "[" in answer["answer"]
+        assert (clone / ".deepresearch" / "sessions.sqlite").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
