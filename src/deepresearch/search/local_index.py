@@ -31,7 +31,7 @@ Progress = Callable[[int], None] | None
 _BUSY_TIMEOUT_S = 30.0
 _BATCH_ROWS = 1000  # rows per executemany, and how often progress() is told
 _COMMIT_ROWS = 5000  # rows per transaction: big enough for speed, small enough for readers
-_POOL_SIZE = 8
+_POOL_SIZE = 4
 # bm25() weights for (title, text, mesh, question), tuned on the PubMedQA dev split.
 _WEIGHTS = (4.0, 2.0, 4.0, 2.0)
 _SNIPPET_TOKENS = 40
