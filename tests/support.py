@@ -265,10 +265,16 @@ def write_corpus(folder: Path) -> Path:
         }
         for n, (title, text) in enumerate(
             [
-                ("Metformin in type 2 diabetes", "Metformin is the first-line therapy for type 2 "
-                 "diabetes. Lifestyle changes improve glycaemic control."),
-                ("Hypertension treatment", "Thiazide diuretics, ACE inhibitors and calcium channel "
-                 "blockers are first-line treatments for hypertension."),
+                (
+                    "Metformin in type 2 diabetes",
+                    "Metformin is the first-line therapy for type 2 "
+                    "diabetes. Lifestyle changes improve glycaemic control.",
+                ),
+                (
+                    "Hypertension treatment",
+                    "Thiazide diuretics, ACE inhibitors and calcium channel "
+                    "blockers are first-line treatments for hypertension.",
+                ),
                 ("Asthma inhalers", "Inhaled corticosteroids reduce asthma exacerbations."),
             ]
         )

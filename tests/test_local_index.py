@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from deepresearch.search import EvidenceIndex
@@ -217,3 +218,16 @@ async def test_searches_run_while_a_build_writes(index: EvidenceIndex, tmp_path:
     assert (stats.added, stats.skipped_files, stats.documents) == (4000, 1, 4003)
     assert seen == [1000, 2000, 3000, 4000]
     assert (await index.search("topic 3999"))[0].source_id == "bulk:3999"
+
+
+async def test_a_cancelled_build_is_finished_by_the_next_one(
+    index: EvidenceIndex, tmp_path: Path
+) -> None:
+    records = [{"id": f"r:{i}", "text": f"record number {i}"} for i in range(3000)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    with anyio.CancelScope() as scope:
+        await index.build([corpus], lambda n: scope.cancel())  # stop after the first batch
+    assert scope.cancelled_caught
+    assert await index.count() == 0  # the file's open transaction was rolled back
+    stats = await index.build([corpus])
+    assert (stats.added, stats.skipped_files, stats.documents) == (3000, 0, 3000)

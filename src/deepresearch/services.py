@@ -159,6 +159,7 @@ async def open_services(
         services.tools = tools_factory(services)
         await manager.open()
         stack.push_async_callback(manager.close)
+        services.index_state.building = True  # until the first build has finished
         builder = asyncio.create_task(build_index(services))
         if not index_in_background:
             await builder

@@ -16,7 +16,7 @@ from deepresearch.tools.base import Source, Tool, ToolContext, ToolOutput
 from tests.support import ScriptedModel
 
 SEARCH_CALL = (
-    '<think>I need evidence.</think>\n<tool_call>\n'
+    "<think>I need evidence.</think>\n<tool_call>\n"
     '{"name": "search", "arguments": {"query": ["metformin first line"]}}\n</tool_call>'
 )
 ANSWER = "<think>Enough.</think>\n<answer>Metformin is first-line [1].</answer>"
@@ -171,7 +171,10 @@ async def test_python_code_block_call_is_parsed() -> None:
                 raise ToolFailure("bad code")
             return ToolOutput("42", "ran")
 
-    call = '<tool_call>{"name": "PythonInterpreter", "arguments": ""}\n<code>\nprint(6*7)\n</code>\n</tool_call>'
+    call = (
+        '<tool_call>{"name": "PythonInterpreter", "arguments": ""}\n'
+        "<code>\nprint(6*7)\n</code>\n</tool_call>"
+    )
     python = Python()
     events = await run(agent(ScriptedModel([call, ANSWER]), python))
     assert python.seen == ["print(6*7)"]

@@ -20,13 +20,16 @@ async def test_fifty_streams_stay_isolated_and_the_backend_sees_at_most_the_slot
     tmp_path: Path,
 ) -> None:
     corpus = write_corpus(tmp_path / "corpus")
-    with simulator("--token-delay-ms", "2") as sim, server(
-        tmp_path / "data",
-        DEEPRESEARCH_CORPUS=str(corpus),
-        DEEPRESEARCH_LLM_URL=sim.url,
-        DEEPRESEARCH_MAX_CONCURRENT=str(SLOTS),
-        DEEPRESEARCH_MAX_QUEUE=str(STREAMS),
-    ) as app:
+    with (
+        simulator("--token-delay-ms", "2") as sim,
+        server(
+            tmp_path / "data",
+            DEEPRESEARCH_CORPUS=str(corpus),
+            DEEPRESEARCH_LLM_URL=sim.url,
+            DEEPRESEARCH_MAX_CONCURRENT=str(SLOTS),
+            DEEPRESEARCH_MAX_QUEUE=str(STREAMS),
+        ) as app,
+    ):
         tokens = [f"tok-{secrets.token_hex(4)}" for _ in range(STREAMS)]
         limits = httpx.Limits(max_connections=STREAMS + 5)
         async with httpx.AsyncClient(base_url=app.url, timeout=120, limits=limits) as client:
@@ -41,7 +44,7 @@ async def test_fifty_streams_stay_isolated_and_the_backend_sees_at_most_the_slot
                     for n, token in enumerate(tokens)
                 )
             )
-            stats = httpx.get(sim.url.removesuffix("/v1") + "/stats").json()
+            stats = (await client.get(sim.url.removesuffix("/v1") + "/stats")).json()
             health = (await client.get("/health")).json()
 
     assert stats["max_in_flight"] <= SLOTS

@@ -49,8 +49,13 @@ async def test_a_stream_is_well_formed_and_ends_with_one_terminal_event(
         ids = [event.id for event in result.events]
         assert ids == list(range(1, len(ids) + 1))
         assert result.types[0] == "session_start" and result.types[-1] == "completed"
-        assert sum(t in {"completed", "error", "timeout", "no_answer", "cancelled"}
-                   for t in result.types) == 1
+        assert (
+            sum(
+                t in {"completed", "error", "timeout", "no_answer", "cancelled"}
+                for t in result.types
+            )
+            == 1
+        )
         sid = result.events[0].data["session_id"]
         for event in result.events:
             assert event.data["session_id"] == sid
@@ -92,8 +97,9 @@ async def test_delete_cancels_running_and_queued_sessions(make_settings: MakeSet
             sid = result.events[0].data["session_id"]
             async with asyncio.TaskGroup() as group:
                 follower = group.create_task(
-                    collect(client, "GET", f"/sessions/{sid}/events",
-                            headers={"Last-Event-ID": "2"})
+                    collect(
+                        client, "GET", f"/sessions/{sid}/events", headers={"Last-Event-ID": "2"}
+                    )
                 )
                 response = await client.delete(f"/sessions/{sid}")
             assert response.status_code == 200 and response.json()["status"] == "cancelled"
@@ -131,9 +137,10 @@ async def test_slot_accounting_stays_exact_on_every_way_out(make_settings: MakeS
         return {**default_tools(services), "explode": Exploding()}
 
     settings = make_settings(max_concurrent=1, llm_timeout=0.5, queue_timeout=0.5)
-    async with running_app(settings, tools_factory=tools) as url, httpx.AsyncClient(
-        base_url=url, timeout=30
-    ) as client:
+    async with (
+        running_app(settings, tools_factory=tools) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
         # A client vanishing mid-stream with on_disconnect=cancel.
         gone = await stream(
             client, {"question": "tok-gone [sim:slow=50]", "on_disconnect": "cancel"}, limit=4
@@ -188,8 +195,9 @@ async def test_grace_keeps_a_session_for_a_returning_client(make_settings: MakeS
 async def test_idle_streams_get_heartbeats(make_settings: MakeSettings) -> None:
     settings = make_settings(heartbeat_seconds=0.05, max_concurrent=1)
     async with running_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
-        await stream(client, {"question": "tok-h [sim:slow=300]", "on_disconnect": "continue"},
-                     limit=2)
+        await stream(
+            client, {"question": "tok-h [sim:slow=300]", "on_disconnect": "continue"}, limit=2
+        )
         waiting = await stream(client, {"question": "tok-w"})
         assert waiting.comments >= 1
         assert waiting.types[-1] == "completed"

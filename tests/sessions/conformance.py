@@ -47,9 +47,7 @@ class StoreConformance:
         with pytest.raises(SessionConflict):
             await store.create(record("s-1"))
 
-    async def test_events_keep_order_and_resume_after_a_sequence(
-        self, store: SessionStore
-    ) -> None:
+    async def test_events_keep_order_and_resume_after_a_sequence(self, store: SessionStore) -> None:
         await store.create(record("s-1"))
         await store.append("s-1", events(1, 3))
         await store.append("s-1", events(4, 6))

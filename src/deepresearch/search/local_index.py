@@ -31,7 +31,6 @@ Progress = Callable[[int], None] | None
 _BUSY_TIMEOUT_S = 30.0
 _BATCH_ROWS = 1000  # rows per executemany, and how often progress() is told
 _COMMIT_ROWS = 5000  # rows per transaction: big enough for speed, small enough for readers
-_POOL_SIZE = 4
 # bm25() weights for (title, text, mesh, question), tuned on the PubMedQA dev split.
 _WEIGHTS = (4.0, 2.0, 4.0, 2.0)
 _SNIPPET_TOKENS = 40
@@ -140,17 +139,22 @@ def fts_query(text: str) -> str:
 
 
 class EvidenceIndex:
-    """Corpus records in one SQLite file, searchable by BM25."""
+    """Corpus records in one SQLite file, searchable by BM25.
 
-    def __init__(self, path: Path) -> None:
+    ``max_readers`` bounds the pooled read connections and the searches running at
+    once; more wait their turn without holding a worker thread.
+    """
+
+    def __init__(self, path: Path, *, max_readers: int = 4) -> None:
         self.path = path
+        self._max_readers = max_readers  # pooled connections, and searches running at once
         self._lock = threading.Lock()  # guards the schema flag and the pool
         self._build_lock = threading.Lock()  # one writer at a time; readers never wait on it
         self._ready = False
         self._idle: list[sqlite3.Connection] = []
-        # Readers beyond the pool wait here, off-thread-pool: forty threads fighting for
-        # the GIL starved the event loop (100 ms stalls) and a running build.
-        self._readers = anyio.CapacityLimiter(_POOL_SIZE)
+        # Further readers wait here, not in worker threads: forty threads fighting for the
+        # GIL stalled the event loop for 100 ms and slowed a running build twentyfold.
+        self._readers = anyio.CapacityLimiter(max_readers)
 
     async def build(self, paths: Sequence[Path], progress: Progress = None) -> IndexStats:
         """Ingest JSONL / JSONL.gz files (a folder means its ``*.jsonl[.gz]``), skipping
@@ -158,7 +162,9 @@ class EvidenceIndex:
 
         A changed file is re-ingested: records upsert by id, and records that are
         no longer in it are deleted. Records of files not passed to this call are
-        kept, so a partial build never drops another corpus.
+        kept, so a partial build never drops another corpus. A file that cannot be
+        read (missing, truncated gzip) fails the build after the files before it
+        are committed; it stays unrecorded, so the next build retries it.
         """
         return await anyio.to_thread.run_sync(self._build, paths, progress)
 
@@ -223,7 +229,7 @@ class EvidenceIndex:
             conn.close()  # its state is unknown; do not hand it to the next reader
             raise
         with self._lock:
-            if len(self._idle) < _POOL_SIZE:
+            if len(self._idle) < self._max_readers:
                 self._idle.append(conn)
                 return result
         conn.close()

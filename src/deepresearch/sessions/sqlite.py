@@ -246,7 +246,8 @@ class SqliteSessionStore:
                     row[0]
                     for row in db.execute(
                         f"SELECT id FROM sessions WHERE {FINISHED_SQL} AND (created_at < ? OR id "
-                        f"NOT IN (SELECT id FROM sessions WHERE {FINISHED_SQL} ORDER BY created_at DESC LIMIT ?))",
+                        f"NOT IN (SELECT id FROM sessions WHERE {FINISHED_SQL} "
+                        "ORDER BY created_at DESC LIMIT ?))",
                         (cutoff, keep),
                     )
                 ]
