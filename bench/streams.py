@@ -230,6 +230,37 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+@contextmanager
+def profiled(pid: int, folder: Path | None, name: str) -> Iterator[None]:
+    """Sample the server with py-spy during one phase (collapsed stacks), when asked."""
+    if folder is None:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise BenchError(f"--profile needs py-spy next to {sys.executable}: pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.txt"
+    # Idle samples are left out: the question is what burns the server's CPU.
+    command = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--threads"]
+    recorder = subprocess.Popen(
+        [*command, "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # py-spy needs a moment to attach before the phase's first request
+    try:
+        yield
+    finally:
+        # SIGINT makes py-spy write what it sampled; SIGTERM would lose it.
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.wait()
+
+
 # --------------------------------------------------------------------------- load client
 
 
@@ -528,8 +559,9 @@ async def phase_hold(
         # from the burst's self-inflicted queueing. Each probe joins the back of the queue and
         # is cancelled from there, so nobody else's position changes.
         probes: list[Stream] = []
+        # Probes go one at a time, so one free place in the queue is enough for all of them.
         room = args.queue - (n - slots)
-        for i in range(min(PROBES, room) if room > 0 else 0):
+        for i in range(PROBES if room > 0 else 0):
             probe = Stream(f"tok-probe{i}: probe question {i} about asthma? [sim:hang]")
             probes.append(probe)
             task = asyncio.create_task(open_stream(port, probe, "cancel"))
@@ -609,15 +641,18 @@ async def run(args: argparse.Namespace, workdir: Path, report: Report) -> None:
             await asyncio.sleep(0.5)
             report.rss_idle = rss_bytes(srv.pid)
             await sim_stats(sim, reset=True)
-            await phase_hold(report, srv, port, args, deadline)
+            with profiled(srv.pid, args.profile, "a-hold"):
+                await phase_hold(report, srv, port, args, deadline)
             report.max_in_flight = (await sim_stats(sim))["max_in_flight"]
         # A fresh process, so phase A's leftovers (memory, a larger database) do not bill B.
         with server(workdir, "drain", sim.url, args) as srv:
             port = int(srv.url.rsplit(":", 1)[1])
             await warm_up(port, args.slots, "b")
             await sim_stats(sim, reset=True)
-            await phase_drain(report, srv, sim, port, args)
-            await phase_no_queue(report, srv, sim, port, args)
+            with profiled(srv.pid, args.profile, "b-drain"):
+                await phase_drain(report, srv, sim, port, args)
+            with profiled(srv.pid, args.profile, "c-no-queue"):
+                await phase_no_queue(report, srv, sim, port, args)
             stats = await sim_stats(sim)
             report.max_in_flight = max(report.max_in_flight, stats["max_in_flight"])
     if report.max_in_flight > args.slots:
@@ -757,6 +792,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=1500, help="overall limit, seconds")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record the server with py-spy per phase into DIR (skews the figures)",
+    )
     args = parser.parse_args(argv)
     if args.streams < 1 or args.slots < 1:
         parser.error("--streams and --slots must be at least 1")

@@ -8,7 +8,6 @@ import sys
 from tests.support import ROOT
 
 
-
 def run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
 

@@ -31,23 +31,31 @@ log = logging.getLogger("deepresearch")
 ToolsFactory = Callable[["Services"], Mapping[str, Tool]]
 
 
-class LocalSearch:
-    """The local evidence index as a search backend."""
-
-    name = "local"
-
-    def __init__(self, index: EvidenceIndex) -> None:
-        self._index = index
-
-    async def search(self, query: str, limit: int) -> list[Source]:
-        return await self._index.search(query, limit)
-
-
 @dataclass
 class IndexState:
     documents: int = 0
     building: bool = False
     error: str | None = None
+    # Set once the start-up build has finished (or failed): a search before then
+    # would see a half-built index and miss evidence it is about to have.
+    ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def public(self) -> dict[str, object]:
+        return {"documents": self.documents, "building": self.building, "error": self.error}
+
+
+class LocalSearch:
+    """The local evidence index as a search backend."""
+
+    name = "local"
+
+    def __init__(self, index: EvidenceIndex, state: IndexState) -> None:
+        self._index = index
+        self._state = state
+
+    async def search(self, query: str, limit: int) -> list[Source]:
+        await self._state.ready.wait()
+        return await self._index.search(query, limit)
 
 
 @dataclass
@@ -63,7 +71,7 @@ class Services:
 
 
 def default_tools(services: Services) -> dict[str, Tool]:
-    backends = search_backends(services.settings, services.index)
+    backends = search_backends(services.settings, services.index, services.index_state)
     return {
         "search": SearchTool(backends),
         "google_scholar": SearchTool(
@@ -75,7 +83,9 @@ def default_tools(services: Services) -> dict[str, Tool]:
     }
 
 
-def search_backends(settings: Settings, index: EvidenceIndex) -> list[SearchBackend]:
+def search_backends(
+    settings: Settings, index: EvidenceIndex, state: IndexState
+) -> list[SearchBackend]:
     names = set(settings.search)
     live = names & {"pubmed", "europepmc"}
     if live:
@@ -83,7 +93,7 @@ def search_backends(settings: Settings, index: EvidenceIndex) -> list[SearchBack
             f"DEEPRESEARCH_SEARCH: {', '.join(sorted(live))} is not available in this version; "
             "use local or auto"
         )
-    return [LocalSearch(index)]
+    return [LocalSearch(index, state)]
 
 
 def build_model(settings: Settings, client: httpx.AsyncClient) -> ChatModel | None:
@@ -120,6 +130,7 @@ async def build_index(services: Services) -> None:
         log.exception("evidence index: build failed")
     finally:
         state.building = False
+        state.ready.set()
 
 
 @asynccontextmanager

@@ -129,7 +129,7 @@ async def health(svc: Svc) -> dict[str, Any]:
             "configured": svc.model is not None,
             "backends": [vars(state) for state in svc.model.states()] if svc.model else [],
         },
-        "index": vars(svc.index_state),
+        "index": svc.index_state.public(),
     }
 
 

@@ -1,0 +1,100 @@
+"""The session manager in-process: run limits, logs, isolation between servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from deepresearch.config import GenerationSettings, Settings
+from deepresearch.events import parse_event
+from deepresearch.llm.base import BackendState, Message
+from deepresearch.runtime.manager import SessionRequest
+from deepresearch.services import Services, open_services
+from tests.support import ScriptedModel, write_corpus
+
+ANSWER = "<answer>Done [1].</answer>"
+
+
+class SilentModel:
+    """A backend that accepts the request and then never says anything."""
+
+    def states(self) -> list[BackendState]:
+        return []
+
+    async def stream(
+        self, messages: Sequence[Message], settings: GenerationSettings, stop: Sequence[str]
+    ) -> AsyncIterator[str]:
+        await asyncio.Event().wait()
+        yield ""
+
+
+def settings(tmp_path: Path, **overrides: object) -> Settings:
+    corpus = write_corpus(tmp_path / "corpus")
+    values: dict[str, object] = {"data_dir": tmp_path / "data", "corpus": [corpus]}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def run_to_end(services: Services, question: str, **generation: float) -> list[str]:
+    session_id = await services.manager.start(
+        SessionRequest(question=question, generation=dict(generation))
+    )
+    return [
+        parse_event(stored.data).type
+        async for stored in services.manager.follow(session_id)
+        if stored is not None
+    ]
+
+
+async def test_run_time_limit_ends_the_session_with_timeout(tmp_path: Path) -> None:
+    config = settings(tmp_path, max_run_seconds=0.2)
+    async with open_services(config, model=SilentModel()) as services:  # type: ignore[arg-type]
+        types = await run_to_end(services, "a question that never gets an answer")
+        assert types[-1] == "timeout"
+        assert services.admission.busy == 0
+
+
+async def test_logs_tag_the_session_and_keep_the_question_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="deepresearch.sessions")
+    async with open_services(settings(tmp_path)) as services:
+        await run_to_end(services, "my private diabetes question")
+    lines = [r.getMessage() for r in caplog.records if r.name == "deepresearch.sessions"]
+    assert any("admitted" in line for line in lines)
+    assert any("acquired slot after" in line for line in lines)
+    assert any("completed; queue wait" in line and "slot released" in line for line in lines)
+    assert all(line.startswith("[session ") for line in lines)
+    assert not any("private diabetes" in line for line in lines)
+
+
+async def test_question_logging_can_be_turned_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="deepresearch.sessions")
+    async with open_services(settings(tmp_path, log_questions=True)) as services:
+        await run_to_end(services, "my logged question")
+    assert any("my logged question" in r.getMessage() for r in caplog.records)
+
+
+async def test_two_servers_in_one_process_share_nothing(tmp_path: Path) -> None:
+    cold = ScriptedModel([ANSWER])
+    hot = ScriptedModel([ANSWER])
+    first = settings(tmp_path / "a", max_concurrent=1)
+    second = settings(tmp_path / "b", max_concurrent=5)
+    async with (
+        open_services(first, model=cold) as one,
+        open_services(second, model=hot) as two,
+    ):
+        await asyncio.gather(
+            run_to_end(one, "q", temperature=0.1), run_to_end(two, "q", temperature=1.9)
+        )
+        assert one.admission.max_concurrent == 1 and two.admission.max_concurrent == 5
+        listed_one, _ = await one.manager.list_sessions(limit=10, offset=0, status=None, owner=None)
+        listed_two, _ = await two.manager.list_sessions(limit=10, offset=0, status=None, owner=None)
+        assert {r.id for r in listed_one}.isdisjoint({r.id for r in listed_two})
+    assert cold.settings[0].temperature == 0.1 and hot.settings[0].temperature == 1.9
