@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=30.0, gt=0)
     retention_max_sessions: int = Field(default=10_000, ge=1)
 
+    # Live literature sources behind `search` (NCBI asks for a tool name and an email).
+    ncbi_api_key: str | None = None
+    ncbi_tool: str = "deepresearch"
+    ncbi_email: str | None = None
+    probe_seconds: float = Field(default=2.0, gt=0)
+
+    # Tools.
+    uploads_dir: Path | None = None  # parse_file reads only here; default DATA_DIR/uploads
+    python_timeout: float = Field(default=30.0, gt=0)
+    python_memory_mb: int = Field(default=512, ge=64)
+    visit_timeout: float = Field(default=20.0, gt=0)
+    visit_max_bytes: int = Field(default=5_000_000, ge=1000)
+
     # Clients.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     heartbeat_seconds: float = Field(default=15.0, gt=0)
@@ -110,6 +123,10 @@ class Settings(BaseSettings):
     @property
     def index_path(self) -> Path:
         return self.data_dir / "index.sqlite"
+
+    @property
+    def uploads_path(self) -> Path:
+        return self.uploads_dir or self.data_dir / "uploads"
 
     def agent_template(self) -> AgentTemplate:
         return AgentTemplate(
