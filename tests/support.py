@@ -20,7 +20,7 @@ import httpx
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, Message
+from deepresearch.llm.base import BackendState, Message, NativeToolCall, estimate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR = ROOT / "bench" / "llm_simulator.py"
@@ -193,32 +193,49 @@ async def collect(
 class ScriptedModel:
     """A ``ChatModel`` that replies from a script, recording what it was sent.
 
-    Each script item is a reply (str, streamed in small pieces) or an exception
-    to raise instead.
+    Each script item is a reply: a str (streamed in small pieces), a list of
+    pieces (str and native tool calls, sent as given; an exception in it is
+    raised there, part-way), or an exception to raise instead.
     """
 
-    def __init__(self, replies: Sequence[str | Exception], piece: int = 7) -> None:
+    def __init__(
+        self,
+        replies: Sequence[str | Exception | list[str | NativeToolCall | Exception]],
+        piece: int = 7,
+    ) -> None:
         self._replies = list(replies)
         self._piece = piece
         self.calls: list[list[Message]] = []
         self.settings: list[GenerationSettings] = []
+        self.tools: list[Sequence[dict[str, Any]] | None] = []
 
     def states(self) -> list[BackendState]:
         return [BackendState("scripted", "scripted", True, None)]
+
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        return estimate_tokens(messages)
 
     async def stream(
         self,
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
-    ) -> AsyncIterator[str]:
-        self.calls.append(list(messages))
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[str | NativeToolCall]:
+        self.calls.append([m.copy() for m in messages])  # snapshots: the agent may edit later
         self.settings.append(settings)
+        self.tools.append(tools)
         if not self._replies:
             raise BackendError("the script has no more replies")
         reply = self._replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
+        if isinstance(reply, list):
+            for item in reply:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+            return
         for start in range(0, len(reply), self._piece):
             yield reply[start : start + self._piece]
 

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(default=300.0, gt=0)
     disconnect_grace: float = Field(default=60.0, ge=0)
 
-    # The agent's budgets.
+    # The agent: its protocol and budgets.
+    agent_protocol: Literal["tongyi", "native"] = "tongyi"  # native: the API's `tools` field
+    context_tokens: int = Field(default=110_000, ge=2048)
     max_rounds: int = Field(default=100, ge=1, le=1000)
     max_run_seconds: float = Field(default=1800.0, gt=0)
     max_question_chars: int = Field(default=4000, ge=1)
@@ -130,8 +132,11 @@ class Settings(BaseSettings):
 
     def agent_template(self) -> AgentTemplate:
         return AgentTemplate(
+            protocol=self.agent_protocol,
             max_rounds=self.max_rounds,
             max_run_seconds=self.max_run_seconds,
+            context_tokens=self.context_tokens,
+            retries=self.llm_retries,
         )
 
 
@@ -164,8 +169,11 @@ class AgentTemplate(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     generation: GenerationSettings = GenerationSettings()
+    protocol: Literal["tongyi", "native"] = "tongyi"
     max_rounds: int = 100
     max_run_seconds: float = 1800.0
+    context_tokens: int = 110_000  # prompt + reply must fit in this
+    retries: int = 2  # of a model reply that failed part-way
 
     def for_request(self, **overrides: float | int | None) -> AgentTemplate:
         """A copy with this request's generation settings; the template is untouched."""

@@ -12,6 +12,7 @@ from deepresearch.agent.prompt import STOP_SEQUENCES
 from deepresearch.config import AgentTemplate
 from deepresearch.errors import BackendError, ToolFailure
 from deepresearch.events import Event, FinalAnswer, Thinking, ToolCallStart, ToolError, ToolResult
+from deepresearch.llm.base import NativeToolCall
 from deepresearch.tools.base import Source, Tool, ToolContext, ToolOutput
 from tests.support import ScriptedModel
 
@@ -181,3 +182,71 @@ async def test_python_code_block_call_is_parsed() -> None:
     start = next(e for e in events if isinstance(e, ToolCallStart))
     assert start.tool_name == "PythonInterpreter"
     assert any(isinstance(e, ToolResult) and e.result == "42" for e in events)
+
+
+async def test_context_overflow_forces_one_last_call_that_answers() -> None:
+    big_call = '<tool_call>{"name": "search", "arguments": {"query": ["x"]}}</tool_call>'
+
+    class Wordy(FakeSearch):
+        async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+            output = await super().call(arguments, context)
+            return ToolOutput(output.text + " evidence" * 3000, output.summary, output.sources)
+
+    model = ScriptedModel([big_call, ANSWER])
+    config = AgentTemplate(context_tokens=8000).for_request(max_tokens=2000)
+    events = await run(ReactAgent("sid-1", model, {"search": Wordy()}, config))
+    assert events[-1].type == "completed"
+    last_prompt = model.calls[-1]
+    assert last_prompt[-1]["content"].startswith("You have now reached the maximum context")
+    assert model.settings[-1].max_tokens <= 2000
+
+
+async def test_context_overflow_without_an_answer_ends_with_no_answer_and_trims_visibly() -> None:
+    big_call = '<tool_call>{"name": "search", "arguments": {"query": ["x"]}}</tool_call>'
+
+    class Huge(FakeSearch):
+        async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+            output = await super().call(arguments, context)
+            return ToolOutput(output.text + " evidence" * 6000, output.summary, output.sources)
+
+    model = ScriptedModel([big_call, big_call])
+    config = AgentTemplate(context_tokens=4000).for_request(max_tokens=1000)
+    events = await run(ReactAgent("sid-1", model, {"search": Huge()}, config))
+    assert events[-1].type == "no_answer"
+    assert "context budget" in events[-1].content
+    final_prompt = model.calls[-1]
+    assert any("removed to fit the context" in m["content"] for m in final_prompt)
+    assert len(model.calls) == 2  # exactly one last call, no more
+
+
+async def test_a_reply_failing_part_way_is_asked_for_again() -> None:
+    broken: list[str | NativeToolCall | Exception] = ["<think>half a thou", BackendError("reset")]
+    model = ScriptedModel([broken, ANSWER])
+    events = await run(agent(model))
+    assert events[-1].type == "completed"
+    assert len(model.calls) == 2
+
+
+async def test_retries_are_bounded_then_the_failure_is_raised() -> None:
+    failing: list[str | NativeToolCall | Exception] = ["partial", BackendError("down")]
+    model = ScriptedModel([failing, failing, failing])
+    config = AgentTemplate(retries=2)
+    with pytest.raises(BackendError):
+        await run(ReactAgent("sid-1", model, {}, config))
+    assert len(model.calls) == 3
+
+
+async def test_native_function_calling_round_trip() -> None:
+    call = NativeToolCall("call_1", "search", '{"query": ["metformin"]}')
+    model = ScriptedModel([["Let me look.", call], "Metformin is first-line [1]."])
+    config = AgentTemplate(protocol="native")
+    search = FakeSearch()
+    events = await run(ReactAgent("sid-1", model, {"search": search}, config))
+    assert search.calls == [{"query": ["metformin"]}]
+    assert model.tools[0] is not None and model.tools[0][0]["function"]["name"] == "search"
+    assistant, tool = model.calls[1][-2], model.calls[1][-1]
+    assert assistant["tool_calls"][0]["id"] == "call_1"
+    assert tool == {"role": "tool", "content": "[1] Metformin trial", "tool_call_id": "call_1"}
+    final = next(e for e in events if isinstance(e, FinalAnswer))
+    assert final.answer_data.answer == "Metformin is first-line [1]."
+    assert "<tools>" not in model.calls[0][0]["content"]

@@ -16,6 +16,7 @@ CODE_BLOCK = re.compile(r"<code>(.*?)(?:</code>|$)", re.DOTALL)
 class ToolCall:
     name: str
     arguments: dict[str, Any]
+    call_id: str | None = None  # native function calling: the id the result must name
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Malformed:
     """A tool call the model got wrong; the reason goes back to it."""
 
     reason: str
+    call_id: str | None = None
 
 
 @dataclass(frozen=True)

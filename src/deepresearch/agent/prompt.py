@@ -57,5 +57,26 @@ def system_prompt(tools: Iterable[Tool], today: date) -> str:
     return SYSTEM_PROMPT.format(tools=schemas) + today.isoformat()
 
 
+NATIVE_PROMPT = """You are a deep research assistant. Investigate the user's question \
+thoroughly with the tools you are given, using credible, diverse sources. Cite the sources \
+you rely on with their numbers in square brackets, like [1] or [2], exactly as the tools \
+numbered them. When you have gathered sufficient information, reply without calling a tool: \
+that reply is your final answer.
+
+Current date: """
+
+# Said when the conversation is about to outgrow the model's context (upstream's wording).
+FINAL_CALL = (
+    "You have now reached the maximum context length you can handle. You should stop making "
+    "tool calls and, based on all the information above, think again and provide what you "
+    "consider the most likely answer in the following format:"
+    "<think>your final thinking</think>\n<answer>your answer</answer>"
+)
+
+
+def native_system_prompt(today: date) -> str:
+    return NATIVE_PROMPT + today.isoformat()
+
+
 def tool_response(text: str) -> str:
     return f"<tool_response>\n{text}\n</tool_response>"

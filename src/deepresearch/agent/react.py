@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import date
 
 from deepresearch.agent.citations import cite
-from deepresearch.agent.parsing import (
-    Answer,
-    Malformed,
-    NoAction,
-    ToolCall,
-    answer_so_far,
-    parse_reply,
-    reasoning,
-)
-from deepresearch.agent.prompt import STOP_SEQUENCES, system_prompt, tool_response
+from deepresearch.agent.dialects import Dialect, dialect_for
+from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_far, reasoning
+from deepresearch.agent.prompt import FINAL_CALL
 from deepresearch.agent.tooling import ToolRunner
-from deepresearch.config import AgentTemplate
+from deepresearch.config import AgentTemplate, GenerationSettings
+from deepresearch.errors import BackendError
 from deepresearch.events import (
     Completed,
     Event,
@@ -29,7 +25,7 @@ from deepresearch.events import (
     RoundStart,
     Thinking,
 )
-from deepresearch.llm.base import ChatModel, Message
+from deepresearch.llm.base import ChatModel, Message, NativeToolCall
 from deepresearch.tools.base import Tool, ToolContext
 
 log = logging.getLogger(__name__)
@@ -37,11 +33,22 @@ log = logging.getLogger(__name__)
 # At most one streamed event per session this often, so a fast backend cannot
 # flood clients; the last piece of a reply is always sent.
 STREAM_INTERVAL = 0.05
+RETRY_BACKOFF = 0.5
+# Room kept for the final-call instruction itself, in tokens.
+FINAL_CALL_RESERVE = 128
+MIN_FINAL_REPLY = 256
 
 NUDGE = (
     "Continue: either call one tool inside <tool_call></tool_call>, or give your final "
     "answer inside <answer></answer>."
 )
+TRIMMED = "[this tool response was removed to fit the context; its sources stay citable]"
+
+
+@dataclass
+class _Reply:
+    text: str = ""
+    calls: list[NativeToolCall] = field(default_factory=list)
 
 
 class ReactAgent:
@@ -57,27 +64,27 @@ class ReactAgent:
         self._model = model
         self._tools = ToolRunner(session_id, tools)
         self._config = config
+        self._dialect: Dialect = dialect_for(config.protocol)
         self._today = today or date.today()
         self._context = ToolContext(session_id)
 
     async def run(self, question: str) -> AsyncIterator[Event]:
         sid = self.session_id
+        dialect = self._dialect
         messages: list[Message] = [
-            {"role": "system", "content": system_prompt(self._tools.tools, self._today)},
+            {"role": "system", "content": dialect.system_prompt(self._tools.tools, self._today)},
             {"role": "user", "content": question},
         ]
         for round_number in range(1, self._config.max_rounds + 1):
             yield RoundStart(session_id=sid, round=round_number)
-            text = ""
-            async for event in self._stream_reply(messages, round_number):
-                if isinstance(event, str):
-                    text = event
-                else:
-                    yield event
-            messages.append({"role": "assistant", "content": text})
-            reply = parse_reply(text)
-            if isinstance(reply, Answer):
-                cited = cite(reply.text, self._context.citations)
+            settings, last_call = await self._fit(messages)
+            reply = _Reply()
+            async for event in self._reply_with_retries(messages, settings, round_number, reply):
+                yield event
+            messages.append(dialect.assistant_message(reply.text, reply.calls))
+            parsed = dialect.parse(reply.text, reply.calls)
+            if isinstance(parsed, Answer):
+                cited = cite(parsed.text, self._context.citations)
                 yield FinalAnswer(
                     session_id=sid,
                     content=cited.data.answer,
@@ -86,51 +93,108 @@ class ReactAgent:
                 )
                 yield Completed(session_id=sid, content="research complete")
                 return
-            if isinstance(reply, ToolCall):
-                async for event in self._tools.call(reply, round_number, self._context):
-                    yield event
-                messages.append({"role": "user", "content": tool_response(self._tools.last)})
-            elif isinstance(reply, Malformed):
-                async for event in self._tools.reject(reply.reason, round_number):
-                    yield event
-                messages.append({"role": "user", "content": tool_response(self._tools.last)})
-            else:
-                assert isinstance(reply, NoAction)
+            if last_call:
+                yield NoAnswer(
+                    session_id=sid,
+                    content="the context budget was spent and the model gave no final answer",
+                )
+                return
+            if isinstance(parsed, NoAction):
                 messages.append({"role": "user", "content": NUDGE})
-        yield NoAnswer(
-            session_id=sid,
-            content=f"no answer after {self._config.max_rounds} rounds",
-        )
+                continue
+            for call in parsed:
+                if isinstance(call, Malformed):
+                    events = self._tools.reject(call.reason, round_number)
+                else:
+                    events = self._tools.call(call, round_number, self._context)
+                async for event in events:
+                    yield event
+                messages.append(dialect.tool_message(call, self._tools.last))
+        yield NoAnswer(session_id=sid, content=f"no answer after {self._config.max_rounds} rounds")
+
+    async def _fit(self, messages: list[Message]) -> tuple[GenerationSettings, bool]:
+        """The settings for the next call, and whether it must be the last one.
+
+        When prompt plus reply would outgrow the context budget, the model is
+        told to answer now; if even that does not fit, old tool responses are
+        replaced by a visible marker (never cut silently) until it does.
+        """
+        budget = self._config.context_tokens
+        settings = self._config.generation
+        used = await self._model.count_tokens(messages)
+        if used + settings.max_tokens <= budget:
+            return settings, False
+        messages.append({"role": "user", "content": FINAL_CALL})
+        used = await self._model.count_tokens(messages)
+        # Oldest first; never the system prompt, the question, or the instruction itself.
+        for message in messages[2:-1]:
+            if budget - used - FINAL_CALL_RESERVE >= MIN_FINAL_REPLY:
+                break
+            if message["role"] in ("user", "tool") and message["content"] != TRIMMED:
+                message["content"] = TRIMMED
+                used = await self._model.count_tokens(messages)
+        room = budget - used - FINAL_CALL_RESERVE
+        max_tokens = max(MIN_FINAL_REPLY, min(settings.max_tokens, room))
+        return settings.model_copy(update={"max_tokens": max_tokens}), True
+
+    async def _reply_with_retries(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings,
+        round_number: int,
+        reply: _Reply,
+    ) -> AsyncIterator[Event]:
+        """One model reply; a reply that fails part-way is asked for again (bounded)."""
+        for attempt in range(self._config.retries + 1):
+            reply.text, reply.calls = "", []
+            try:
+                async for event in self._stream_reply(messages, settings, round_number, reply):
+                    yield event
+                return
+            except BackendError:
+                if attempt == self._config.retries:
+                    raise
+                log.warning("[session %s] model reply failed; retrying", self.session_id[:8])
+            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
 
     async def _stream_reply(
-        self, messages: Sequence[Message], round_number: int
-    ) -> AsyncIterator[Event | str]:
-        """Stream one model reply as coalesced events; the last item is the whole text."""
+        self,
+        messages: list[Message],
+        settings: GenerationSettings,
+        round_number: int,
+        reply: _Reply,
+    ) -> AsyncIterator[Event]:
+        """Stream one model reply as coalesced events, filling ``reply``."""
         sid = self.session_id
-        text = ""
         shown_reasoning = ""
         shown_answer: str | None = None
         last_sent = 0.0
-        stream = self._model.stream(messages, self._config.generation, STOP_SEQUENCES)
+        stream = self._model.stream(
+            messages, settings, self._dialect.stop, self._dialect.tool_schemas(self._tools.tools)
+        )
         pieces = aiter(stream)
         finished = False
         while not finished:
             try:
-                text += await anext(pieces)
+                piece = await anext(pieces)
             except StopAsyncIteration:
                 finished = True
+            else:
+                if isinstance(piece, NativeToolCall):
+                    reply.calls.append(piece)
+                    continue
+                reply.text += piece
             now = time.monotonic()
             if not finished and now - last_sent < STREAM_INTERVAL:
                 continue
             last_sent = now
-            thought = reasoning(text)
+            thought = reasoning(reply.text)
             if thought != shown_reasoning:
                 grew = thought.startswith(shown_reasoning)
                 delta = thought[len(shown_reasoning) :] if grew else thought
                 shown_reasoning = thought
                 yield Thinking(session_id=sid, round=round_number, content=thought, delta=delta)
-            answer = answer_so_far(text)
+            answer = answer_so_far(reply.text)
             if answer is not None and answer != shown_answer:
                 shown_answer = answer
                 yield FinalAnswerChunk(session_id=sid, content=answer)
-        yield text

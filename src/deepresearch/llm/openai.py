@@ -10,7 +10,7 @@ import httpx
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, Message
+from deepresearch.llm.base import BackendState, Message, NativeToolCall, estimate_tokens
 
 
 class OpenAICompatibleModel:
@@ -36,6 +36,8 @@ class OpenAICompatibleModel:
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._healthy: bool | None = None
         self._last_error: str | None = None
+        # vLLM serves /tokenize beside /v1; None until we know whether this backend does.
+        self._tokenizes: bool | None = None
 
     def states(self) -> list[BackendState]:
         return [BackendState(self.base_url, self._model, self._healthy, self._last_error)]
@@ -56,12 +58,33 @@ class OpenAICompatibleModel:
                 raise self._failed(f"could not list models ({exc!r})") from exc
         return self._model
 
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        """The backend's own count via vLLM's ``POST /tokenize``; an estimate elsewhere."""
+        if self._tokenizes is False:
+            return estimate_tokens(messages)
+        root = self.base_url.removesuffix("/v1")
+        try:
+            response = await self._client.post(
+                f"{root}/tokenize",
+                json={"model": await self.model_name(), "messages": list(messages)},
+                headers=self._headers,
+                timeout=self._timeout,
+            )
+            response.raise_for_status()
+            count = int(response.json()["count"])
+        except (httpx.HTTPError, KeyError, ValueError, TypeError, BackendError):
+            self._tokenizes = False
+            return estimate_tokens(messages)
+        self._tokenizes = True
+        return count
+
     async def stream(
         self,
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
-    ) -> AsyncIterator[str]:
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[str | NativeToolCall]:
         body: dict[str, Any] = {
             "model": await self.model_name(),
             "messages": list(messages),
@@ -69,6 +92,9 @@ class OpenAICompatibleModel:
             "stop": list(stop),
             **settings.model_dump(),
         }
+        if tools:
+            body["tools"] = list(tools)
+        calls = _ToolCallAccumulator()
         try:
             async with self._client.stream(
                 "POST",
@@ -81,27 +107,59 @@ class OpenAICompatibleModel:
                     detail = (await response.aread())[:300].decode(errors="replace")
                     raise self._failed(f"HTTP {response.status_code}: {detail}")
                 async for line in response.aiter_lines():
-                    piece = _content_of(line)
+                    delta = _delta_of(line)
+                    piece = delta.get("content")
                     if piece:
-                        yield piece
+                        yield str(piece)
+                    calls.add(delta.get("tool_calls"))
         except httpx.TimeoutException as exc:
             raise self._failed("timed out") from exc
         except httpx.HTTPError as exc:
             raise self._failed(f"{type(exc).__name__}: {exc}") from exc
         self._healthy, self._last_error = True, None
+        for call in calls.finished():
+            yield call
 
 
-def _content_of(line: str) -> str:
-    """The text in one ``data:`` line of a streamed chat completion."""
+def _delta_of(line: str) -> dict[str, Any]:
+    """The ``delta`` in one ``data:`` line of a streamed chat completion."""
     if not line.startswith("data:"):
-        return ""
+        return {}
     payload = line[5:].strip()
     if not payload or payload == "[DONE]":
-        return ""
+        return {}
     try:
         choices = json.loads(payload).get("choices") or []
     except ValueError:
-        return ""
-    if not choices:
-        return ""
-    return str((choices[0].get("delta") or {}).get("content") or "")
+        return {}
+    if not choices or not isinstance(choices[0].get("delta"), dict):
+        return {}
+    delta: dict[str, Any] = choices[0]["delta"]
+    return delta
+
+
+class _ToolCallAccumulator:
+    """Native tool calls arrive in pieces keyed by ``index``; join them."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def add(self, pieces: object) -> None:
+        if not isinstance(pieces, list):
+            return
+        for piece in pieces:
+            if not isinstance(piece, dict):
+                continue
+            part = self._parts.setdefault(
+                int(piece.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+            )
+            part["id"] = part["id"] or str(piece.get("id") or "")
+            function = piece.get("function") or {}
+            part["name"] += str(function.get("name") or "")
+            part["arguments"] += str(function.get("arguments") or "")
+
+    def finished(self) -> list[NativeToolCall]:
+        return [
+            NativeToolCall(part["id"] or f"call_{index}", part["name"], part["arguments"])
+            for index, part in sorted(self._parts.items())
+        ]

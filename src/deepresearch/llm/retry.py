@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, ChatModel, Message
+from deepresearch.llm.base import BackendState, ChatModel, Message, NativeToolCall
 
 
 class RetryingModel:
@@ -25,16 +26,20 @@ class RetryingModel:
     def states(self) -> list[BackendState]:
         return self._inner.states()
 
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        return await self._inner.count_tokens(messages)
+
     async def stream(
         self,
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
-    ) -> AsyncIterator[str]:
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[str | NativeToolCall]:
         for attempt in range(self._retries + 1):
             started = False
             try:
-                async for piece in self._inner.stream(messages, settings, stop):
+                async for piece in self._inner.stream(messages, settings, stop, tools):
                     started = True
                     yield piece
                 return

@@ -9,6 +9,7 @@ while a build writes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import sqlite3
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain, count
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +38,9 @@ _WEIGHTS = (4.0, 2.0, 4.0, 2.0)
 _SNIPPET_TOKENS = 40
 _TITLE_CHARS = 80
 _CORE_FIELDS = frozenset({"id", "source", "url", "title", "year", "text"})
+# Raised when the same file would now yield different records (2: repeated ids are
+# renamed, not overwritten); an index built by an older version re-ingests every file.
+_INGEST_VERSION = 2
 
 # External content: the FTS table stores only the index, so every change to
 # `documents` must reach it; triggers do that for any writer.
@@ -126,7 +131,9 @@ class IndexStats:
     added: int  # records ingested by this call (new or updated)
     skipped_files: int  # files unchanged since they were last ingested
     bad_records: int  # lines that were not JSON objects with a string id and text
-    duplicate_ids: int  # records whose id came earlier in the same file: the last one wins
+    # Records whose id came earlier in the same file: renamed when their url or text
+    # differ (MedQuAD reuses ids across its sources), collapsed when identical.
+    duplicate_ids: int
     seconds: float
     size_bytes: int  # the SQLite file on disk
 
@@ -161,7 +168,8 @@ class EvidenceIndex:
         files unchanged since the last build.
 
         A changed file is re-ingested: records upsert by id, and records that are
-        no longer in it are deleted. Records of files not passed to this call are
+        no longer in it are deleted. A file repeating an id keeps every distinct
+        record under its own id (see ``_DistinctIds``). Records of files not passed to this call are
         kept, so a partial build never drops another corpus. A file that cannot be
         read (missing, truncated gzip) fails the build after the files before it
         are committed; it stays unrecorded, so the next build retries it.
@@ -242,6 +250,7 @@ class EvidenceIndex:
         with self._build_lock:
             conn = self._connect()
             try:
+                _forget_older_ingests(conn)
                 for path in _expand(paths):
                     _ingest(conn, path, tally, progress)
                 if tally.added:
@@ -261,6 +270,15 @@ class _Tally:
     skipped_files: int = 0
     bad_records: int = 0
     duplicate_ids: int = 0
+
+
+def _forget_older_ingests(conn: sqlite3.Connection) -> None:
+    """Mark every file changed if an older version ingested it, so the next build redoes it."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= _INGEST_VERSION:
+        return
+    # Not `DELETE`: a file keeps its generation, so its stale records still go.
+    conn.execute("UPDATE files SET size = -1")
+    conn.execute(f"PRAGMA user_version = {_INGEST_VERSION}")
 
 
 def _ingest(conn: sqlite3.Connection, path: Path, tally: _Tally, progress: Progress) -> None:
@@ -322,7 +340,7 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
 def _batches(path: Path, origin: str, generation: int, tally: _Tally) -> Iterator[list[Row]]:
     """Rows to upsert, ``_BATCH_ROWS`` at a time; bad lines and repeated ids go to ``tally``."""
     batch: list[Row] = []
-    seen: set[str] = set()
+    ids = _DistinctIds()
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as lines:
         for line in lines:
@@ -332,15 +350,52 @@ def _batches(path: Path, origin: str, generation: int, tally: _Tally) -> Iterato
             if row is None:
                 tally.bad_records += 1
                 continue
-            if row[0] in seen:
-                tally.duplicate_ids += 1  # the later record replaces the earlier one
-            seen.add(row[0])
+            rid = ids.assign(row[0], row[1], row[2], row[5])
+            if rid != row[0]:
+                tally.duplicate_ids += 1
+                if rid is None:
+                    continue
+                row = (rid, *row[1:])
             batch.append(row)
             if len(batch) >= _BATCH_ROWS:
                 yield batch
                 batch = []
     if batch:
         yield batch
+
+
+class _DistinctIds:
+    """Ids for one ingest of one file, so that a repeated id does not overwrite a record.
+
+    MedQuAD gives up to seven sources' passages the same id. A later record whose id
+    is taken becomes ``id@source`` (then ``id@source-2``, ...), unless it repeats an
+    earlier record of that id exactly (same url and text): then it is dropped. Ids
+    depend only on the file's order, so every rebuild gives the same ones.
+    """
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+        # (id as written, digest of url and text) -> the id it was given
+        self._given: dict[tuple[str, bytes], str] = {}
+
+    def assign(self, rid: str, source: str, url: str, text: str) -> str | None:
+        """The id to store the record under, or ``None`` if it repeats an earlier one."""
+        # A digest, not the text: a large corpus should not be held twice in memory.
+        digest = hashlib.blake2b(f"{url}\0{text}".encode(), digest_size=16).digest()
+        if (rid, digest) in self._given:
+            return None
+        given = next(i for i in chain([rid], _renamings(rid, source)) if i not in self._taken)
+        self._taken.add(given)
+        self._given[rid, digest] = given
+        return given
+
+
+def _renamings(rid: str, source: str) -> Iterator[str]:
+    if source:
+        yield f"{rid}@{source}"
+        yield from (f"{rid}@{source}-{k}" for k in count(2))
+    else:
+        yield from (f"{rid}@{k}" for k in count(2))
 
 
 def _row(line: bytes, origin: str, generation: int) -> Row | None:
