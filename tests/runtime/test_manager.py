@@ -25,8 +25,15 @@ class SilentModel:
     def states(self) -> list[BackendState]:
         return []
 
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        return 1
+
     async def stream(
-        self, messages: Sequence[Message], settings: GenerationSettings, stop: Sequence[str]
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        stop: Sequence[str],
+        tools: object = None,
     ) -> AsyncIterator[str]:
         await asyncio.Event().wait()
         yield ""
