@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from deepresearch.errors import ToolFailure
+from deepresearch.search.merge import merge_results
 from deepresearch.tools.base import Source, ToolContext, ToolOutput
 
 RESULTS_PER_QUERY = 5
@@ -64,9 +65,9 @@ class SearchTool:
             raise ToolFailure("no search backend is configured on this server")
         sections: list[str] = []
         found: list[Source] = []
-        for query, results in zip(
-            queries, await asyncio.gather(*(self._search(q) for q in queries)), strict=True
-        ):
+        outcomes = await asyncio.gather(*(self._search(q) for q in queries))
+        for query, (results, failures) in zip(queries, outcomes, strict=True):
+            sections.extend(f"Note: {failure}" for failure in failures)
             if not results:
                 sections.append(f"A search for '{query}' found no results.")
                 continue
@@ -84,12 +85,21 @@ class SearchTool:
             sources=tuple(found),
         )
 
-    async def _search(self, query: str) -> list[Source]:
-        batches = await asyncio.gather(
-            *(backend.search(query, RESULTS_PER_QUERY) for backend in self._backends)
+    async def _search(self, query: str) -> tuple[list[Source], list[str]]:
+        """Merged results of every backend, and the failures of those that failed."""
+        outcomes = await asyncio.gather(
+            *(backend.search(query, RESULTS_PER_QUERY) for backend in self._backends),
+            return_exceptions=True,
         )
-        merged: dict[str, Source] = {}
-        for batch in batches:
-            for source in batch:
-                merged.setdefault(source.source_id, source)
-        return list(merged.values())[: RESULTS_PER_QUERY * len(self._backends)]
+        batches: list[list[Source]] = []
+        failures: list[str] = []
+        for outcome in outcomes:
+            if isinstance(outcome, ToolFailure):
+                failures.append(str(outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                batches.append(outcome)
+        if failures and not batches:
+            raise ToolFailure("; ".join(failures))
+        return merge_results(batches, RESULTS_PER_QUERY + 3 * (len(batches) - 1)), failures
