@@ -49,8 +49,8 @@ async def system_resolver(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ToolFailure(f"could not resolve {host}: {exc.strerror}") from exc
+    except OSError as exc:  # gaierror mostly; any of them means "cannot go there"
+        raise ToolFailure(f"could not resolve {host}: {exc.strerror or exc}") from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -187,7 +187,10 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         super().__init__(trust_env=False, limits=limits)
         # httpx offers no public hook for the network backend, so the pool it built
-        # is replaced by an equal one with the pinning backend; tests/tools cover it.
+        # is replaced by an equal one with the pinning backend. Fail loudly if a new
+        # httpx stores its pool elsewhere: the replacement would silently not apply.
+        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
+            raise RuntimeError("this httpx version keeps no _pool; GuardedTransport needs one")
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,
@@ -201,15 +204,21 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-def guarded_client(resolve: Resolver | None = None, **options: Any) -> httpx.AsyncClient:
+def guarded_client(
+    resolve: Resolver | None = None,
+    *,
+    backend: httpcore.AsyncNetworkBackend | None = None,
+    **options: Any,
+) -> httpx.AsyncClient:
     """An ``AsyncClient`` for fetching untrusted URLs.
 
     It pins connections, ignores proxy variables, follows no redirects by itself,
     and keeps no cookies, so one session's visits leave nothing for another's.
+    ``backend`` is the network under the pinning (tests pass httpcore's mock).
     """
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(
-        transport=GuardedTransport(resolve),
+        transport=GuardedTransport(resolve, backend=backend),
         trust_env=False,
         follow_redirects=False,
         cookies=jar,

@@ -1,0 +1,171 @@
+"""Fetching one web page the model asked for, safely, and reading its text."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio.to_thread
+import httpx
+import trafilatura
+
+from deepresearch.errors import ToolFailure
+from deepresearch.tools.netguard import Resolver, check_url
+
+MAX_REDIRECTS = 5
+HEADERS = {
+    "User-Agent": "deepresearch/0.1 (medical-evidence research; visit tool)",
+    "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1",
+}
+_HTML_TYPES = {"text/html", "application/xhtml+xml"}
+_OTHER_TEXT_TYPES = {"application/json", "application/xml"}
+_SNIFF_BYTES = 1024
+
+Kind = Literal["html", "text"]
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str  # where the redirects ended
+    title: str  # "" when the page has none
+    text: str
+    truncated: bool  # the body was over the byte limit and only its start was read
+
+
+@dataclass(frozen=True)
+class _Body:
+    url: str
+    kind: Kind
+    charset: str | None
+    data: bytes
+    truncated: bool
+
+
+async def fetch_page(
+    client: httpx.AsyncClient, url: str, *, resolve: Resolver, timeout: float, max_bytes: int
+) -> Page:
+    """GET ``url`` (checked, redirects checked hop by hop) and extract its text."""
+    try:
+        # httpx's timeout bounds each read; this bounds the whole visit, so a server
+        # that drips one byte at a time cannot hold the tool open.
+        async with asyncio.timeout(timeout):
+            body = await _get(client, url, resolve, timeout, max_bytes)
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise ToolFailure(f"timed out after {timeout:g} s") from exc
+    except httpx.InvalidURL as exc:  # e.g. a malformed Location header
+        raise ToolFailure(f"bad redirect ({exc})") from exc
+    except httpx.HTTPError as exc:
+        raise ToolFailure(f"could not fetch it ({type(exc).__name__}: {exc})") from exc
+    text = _decode(body.data, body.charset)
+    if body.kind == "html":
+        # trafilatura parses with lxml: seconds of CPU on a big page, so not on the loop.
+        title, text = await anyio.to_thread.run_sync(extract_html, text)
+    else:
+        title = ""
+    return Page(url=body.url, title=title, text=text.strip(), truncated=body.truncated)
+
+
+async def _get(
+    client: httpx.AsyncClient, url: str, resolve: Resolver, timeout: float, max_bytes: int
+) -> _Body:
+    # Redirects are followed here, not by httpx, so each Location is checked
+    # before anything is sent to it.
+    for _ in range(MAX_REDIRECTS + 1):
+        await check_url(url, resolve)
+        request = client.build_request("GET", url, headers=HEADERS, timeout=timeout)
+        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            if response.has_redirect_location:
+                url = str(response.url.join(response.headers["Location"]))
+                continue
+            if response.status_code >= 300:
+                raise ToolFailure(f"the server answered HTTP {response.status_code}")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            kind = _kind_of(content_type)
+            if content_type and kind is None:  # refused before reading a byte of it
+                raise ToolFailure(f"unsupported content type {content_type}")
+            data, truncated = await _read_capped(response, max_bytes)
+            kind = kind or _sniff(data)
+            if kind is None:
+                raise ToolFailure("unsupported content type (binary data)")
+            return _Body(str(response.url), kind, response.charset_encoding, data, truncated)
+        finally:
+            await response.aclose()
+    raise ToolFailure(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _kind_of(content_type: str) -> Kind | None:
+    if content_type in _HTML_TYPES:
+        return "html"
+    if (
+        content_type.startswith("text/")
+        or content_type in _OTHER_TEXT_TYPES
+        or content_type.endswith(("+xml", "+json"))
+    ):
+        return "text"
+    return None
+
+
+def _sniff(data: bytes) -> Kind | None:
+    """The kind of a body sent without a Content-Type."""
+    head = data[:_SNIFF_BYTES].lower()
+    if b"\x00" in head or head.startswith(b"%pdf"):
+        return None
+    return "html" if b"<html" in head or b"<!doctype html" in head else "text"
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
+    """At most ``max_bytes`` of the body; stops reading (never buffers) past that."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        room = max_bytes - size
+        if len(chunk) > room:
+            chunks.append(chunk[:room])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset name Python does not know
+        return data.decode("utf-8", errors="replace")
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_INVISIBLE = re.compile(
+    r"<!--.*?-->|<(head|title|script|style|noscript|template|svg)\b.*?</\1\s*>",
+    re.IGNORECASE | re.DOTALL,
+)
+_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def extract_html(page: str) -> tuple[str, str]:
+    """``(title, main text)`` of an HTML page; blocking, run it in a worker thread."""
+    text = trafilatura.extract(page, include_comments=False, include_tables=True)
+    if not text:  # trafilatura found no main content: keep every visible word instead
+        text = strip_tags(page)
+    metadata = trafilatura.extract_metadata(page)
+    title = metadata.title if metadata is not None and metadata.title else None
+    if not title:
+        match = _TITLE.search(page)
+        title = _collapse(html.unescape(_TAG.sub("", match.group(1)))) if match else ""
+    return title.strip(), text
+
+
+def strip_tags(page: str) -> str:
+    """A crude text version of HTML: drop scripts, styles and tags, keep the words."""
+    return _collapse(html.unescape(_TAG.sub(" ", _INVISIBLE.sub(" ", page))))
+
+
+def _collapse(text: str) -> str:
+    lines = (_SPACES.sub(" ", line).strip() for line in text.splitlines())
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
