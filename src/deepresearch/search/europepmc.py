@@ -23,6 +23,7 @@ from deepresearch.tools.base import Source
 _HEADING = re.compile(r"<h[1-6][^>]*>(.*?)</h[1-6]\s*>", re.IGNORECASE | re.DOTALL)
 _BREAK = re.compile(r"</?(?:p|br|div|li|ul|ol)\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
+_YEAR = re.compile(r"[0-9]{4}")
 
 
 class EuropePMCSearch:
@@ -53,6 +54,8 @@ class EuropePMCSearch:
             )
         except httpx.TimeoutException as exc:
             raise ToolFailure(f"Europe PMC: search timed out after {self._timeout:g} s") from exc
+        except TimeoutError as exc:
+            raise ToolFailure("Europe PMC: too many searches are waiting their turn") from exc
         except httpx.HTTPError as exc:
             raise ToolFailure(f"Europe PMC: search failed ({type(exc).__name__})") from exc
         if response.status_code >= 400:
@@ -77,7 +80,7 @@ class EuropePMCSearch:
 
 def parse_results(payload: Any) -> list[Source]:
     """Sources from a ``resultType=core`` JSON answer; ``ValueError`` if its shape is wrong."""
-    results = payload.get("resultList", {}) if isinstance(payload, dict) else None
+    results = payload.get("resultList") if isinstance(payload, dict) else None
     records = results.get("result", []) if isinstance(results, dict) else None
     if not isinstance(records, list):
         raise ValueError("no resultList.result list")
@@ -122,4 +125,4 @@ def _plain(markup: str) -> str:
 
 
 def _year(value: str) -> int | None:
-    return int(value) if value.isdigit() and 0 < int(value) < 10_000 else None
+    return int(value) if _YEAR.fullmatch(value) else None

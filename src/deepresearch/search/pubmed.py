@@ -10,7 +10,6 @@ import asyncio
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
@@ -87,7 +86,11 @@ class PubMedSearch:
         if limit <= 0 or not query.strip():
             return []
         ranking = {"db": "pubmed", "term": query, "retmax": str(limit), "sort": "relevance"}
-        found = await self._json("esearch", ranking | {"retmode": "json"})
+        response = await self._get("esearch", ranking | {"retmode": "json"})
+        try:
+            found = response.json()
+        except ValueError as exc:
+            raise ToolFailure("PubMed: esearch gave an answer that is not JSON") from exc
         result = found.get("esearchresult") if isinstance(found, dict) else None
         if not isinstance(result, dict):
             raise ToolFailure("PubMed: esearch gave an answer without 'esearchresult'")
@@ -119,13 +122,6 @@ class PubMedSearch:
             return False
         return response.status_code == httpx.codes.OK
 
-    async def _json(self, endpoint: str, params: dict[str, str]) -> Any:
-        response = await self._get(endpoint, params)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ToolFailure(f"PubMed: {endpoint} gave an answer that is not JSON") from exc
-
     async def _get(self, endpoint: str, params: dict[str, str]) -> httpx.Response:
         url = f"{self._base_url}/{endpoint}.fcgi"
         try:
@@ -134,6 +130,8 @@ class PubMedSearch:
             )
         except httpx.TimeoutException as exc:
             raise ToolFailure(f"PubMed: {endpoint} timed out after {self._timeout:g} s") from exc
+        except TimeoutError as exc:
+            raise ToolFailure("PubMed: too many searches queued at NCBI's rate limit") from exc
         except httpx.HTTPError as exc:
             # The class name only: an httpx message may quote the URL, and with it the key.
             raise ToolFailure(f"PubMed: {endpoint} failed ({type(exc).__name__})") from exc

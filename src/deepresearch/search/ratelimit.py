@@ -12,8 +12,8 @@ import asyncio
 import email.utils
 import math
 import time
-from datetime import UTC
 from collections.abc import Mapping
+from datetime import UTC
 
 import httpx
 
@@ -43,8 +43,9 @@ class RateLimiter:
         # The turn is taken while holding the lock, so a caller cancelled while it
         # waits gives its place back instead of leaving a gap in the schedule.
         async with self._lock:
-            while (wait := self._next - loop.time()) > 0:
-                # A loop: pause() may push the schedule back while we sleep.
+            # Not polling: each sleep lasts until the scheduled time, and it is repeated
+            # only when pause() pushed that time back meanwhile.
+            while (wait := self._next - loop.time()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
             self._next = loop.time() + self._interval
 
@@ -84,10 +85,14 @@ async def paced_get(
     """GET through ``limiter``; after a 429, wait as told (capped) and try once more.
 
     Returns the last response whatever its status; transport errors propagate.
+    Raises ``TimeoutError`` when the limiter's queue holds a turn back longer
+    than ``timeout``: with many sessions searching, failing that one request
+    lets the model go on instead of stalling behind the queue.
     """
     for attempt in range(2):
         if limiter is not None:
-            await limiter.acquire()
+            async with asyncio.timeout(timeout):
+                await limiter.acquire()
         response = await client.get(url, params=params, timeout=timeout)
         if response.status_code != httpx.codes.TOO_MANY_REQUESTS or attempt == 1:
             return response
