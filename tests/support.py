@@ -106,6 +106,7 @@ def server(data_dir: Path, **env: str) -> Iterator[Process]:
         "DEEPRESEARCH_PORT": str(port),
         "DEEPRESEARCH_CORPUS": env.pop("DEEPRESEARCH_CORPUS", str(SHARED_CORPUS)),
         "DEEPRESEARCH_LOG_LEVEL": "WARNING",
+        "DEEPRESEARCH_SEARCH": "local",  # no test talks to the internet
         **env,
     }
     proc = subprocess.Popen(

@@ -14,6 +14,7 @@ def deepresearch(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProce
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DEEPRESEARCH_")}
     environment.update(env)
     environment["COLUMNS"] = "120"
+    environment.setdefault("DEEPRESEARCH_SEARCH", "local")  # no test talks to the internet
     return subprocess.run(
         [sys.executable, "-m", "deepresearch.cli", *args],
         cwd=cwd,

@@ -16,15 +16,19 @@ import httpx
 
 from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
 from deepresearch.config import AgentTemplate, Settings
-from deepresearch.errors import ConfigurationError
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
 from deepresearch.runtime.admission import Admission
 from deepresearch.runtime.manager import SessionManager
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.search import EvidenceIndex
+from deepresearch.search.europepmc import EuropePMCSearch
+from deepresearch.search.pubmed import PubMedSearch
+from deepresearch.search.ratelimit import RateLimiter
 from deepresearch.sessions import SqliteSessionStore
 from deepresearch.tools.base import Source, Tool
+from deepresearch.tools.netguard import guarded_client
 from deepresearch.tools.search import SearchBackend, SearchTool
+from deepresearch.tools.visit import VisitTool
 
 log = logging.getLogger("deepresearch")
 
@@ -66,13 +70,16 @@ class Services:
     manager: SessionManager
     index: EvidenceIndex
     model: ChatModel | None
+    page_client: httpx.AsyncClient  # for untrusted URLs: SSRF-guarded, no cookies
     index_state: IndexState = field(default_factory=IndexState)
+    search_backends: list[SearchBackend] = field(default_factory=list)
     tools: Mapping[str, Tool] = field(default_factory=dict)
 
 
 def default_tools(services: Services) -> dict[str, Tool]:
-    backends = search_backends(services.settings, services.index, services.index_state)
-    return {
+    settings = services.settings
+    backends = services.search_backends
+    tools: dict[str, Tool] = {
         "search": SearchTool(backends),
         "google_scholar": SearchTool(
             backends,
@@ -80,20 +87,54 @@ def default_tools(services: Services) -> dict[str, Tool]:
             description="Search scholarly literature (abstracts and articles); results are "
             "numbered so they can be cited as [n].",
         ),
+        "visit": VisitTool(
+            services.page_client,
+            index=services.index,
+            model=services.model,
+            timeout=settings.visit_timeout,
+            max_bytes=settings.visit_max_bytes,
+        ),
     }
+    return tools
 
 
-def search_backends(
-    settings: Settings, index: EvidenceIndex, state: IndexState
+# NCBI allows 3 requests/s without a key and 10 with one; stay a little under, since
+# evenly sent requests can still arrive bunched.
+NCBI_RATE = 2.5
+NCBI_RATE_WITH_KEY = 9.0
+
+
+async def choose_search_backends(
+    settings: Settings, index: EvidenceIndex, state: IndexState, client: httpx.AsyncClient
 ) -> list[SearchBackend]:
-    names = set(settings.search)
-    live = names & {"pubmed", "europepmc"}
-    if live:
-        raise ConfigurationError(
-            f"DEEPRESEARCH_SEARCH: {', '.join(sorted(live))} is not available in this version; "
-            "use local or auto"
-        )
-    return [LocalSearch(index, state)]
+    """``DEEPRESEARCH_SEARCH``: the named backends, or for ``auto`` the local index
+    (when there is a corpus or an index) plus each live source that answers a probe."""
+    rate = NCBI_RATE_WITH_KEY if settings.ncbi_api_key else NCBI_RATE
+    pubmed = PubMedSearch(
+        client,
+        RateLimiter(rate),
+        api_key=settings.ncbi_api_key,
+        tool=settings.ncbi_tool,
+        email=settings.ncbi_email,
+    )
+    europepmc = EuropePMCSearch(client, RateLimiter(NCBI_RATE_WITH_KEY))
+    local = LocalSearch(index, state)
+    named = set(settings.search)
+    if "auto" not in named:
+        every: list[SearchBackend] = [local, pubmed, europepmc]
+        return [backend for backend in every if backend.name in named]
+    chosen: list[SearchBackend] = []
+    if settings.corpus or await index.count():
+        chosen.append(local)
+    pubmed_answers, europepmc_answers = await asyncio.gather(
+        pubmed.probe(settings.probe_seconds), europepmc.probe(settings.probe_seconds)
+    )
+    if pubmed_answers:
+        chosen.append(pubmed)
+    if europepmc_answers:
+        chosen.append(europepmc)
+    log.info("search backends: %s", ", ".join(b.name for b in chosen) or "none")
+    return chosen
 
 
 def build_model(settings: Settings, client: httpx.AsyncClient) -> ChatModel | None:
@@ -144,6 +185,7 @@ async def open_services(
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         client = await stack.enter_async_context(httpx.AsyncClient())
+        page_client = await stack.enter_async_context(guarded_client())
         store = SqliteSessionStore(settings.database_path)
         await store.open()
         stack.push_async_callback(store.close)
@@ -166,6 +208,10 @@ async def open_services(
             manager=manager,
             index=index,
             model=model if model is not None else build_model(settings, client),
+            page_client=page_client,
+        )
+        services.search_backends = await choose_search_backends(
+            settings, index, services.index_state, client
         )
         services.tools = tools_factory(services)
         await manager.open()

@@ -37,6 +37,7 @@ def test_make_serve_from_a_fresh_clone_answers_a_question(tmp_path: Path) -> Non
         if not key.startswith(("DEEPRESEARCH_", "VIRTUAL_ENV", "PYTHON"))
     }
     env["DEEPRESEARCH_PORT"] = str(port)
+    env["DEEPRESEARCH_SEARCH"] = "local"  # no test talks to the internet
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         ["make", "serve"],

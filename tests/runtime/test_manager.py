@@ -41,7 +41,11 @@ class SilentModel:
 
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     corpus = write_corpus(tmp_path / "corpus")
-    values: dict[str, object] = {"data_dir": tmp_path / "data", "corpus": [corpus]}
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "corpus": [corpus],
+        "search": ["local"],  # no test talks to the internet
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

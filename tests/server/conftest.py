@@ -31,6 +31,7 @@ def make_settings(tmp_path: Path, sim: Process) -> MakeSettings:
             "llm_timeout": 5.0,
             "max_concurrent": 2,
             "max_queue": 10,
+            "search": ["local"],  # no test talks to the internet
         }
         values.update(overrides)
         return Settings(**values)
