@@ -53,4 +53,10 @@ async def test_named_backends_are_used_without_probing(tmp_path: Path) -> None:
 
 async def test_the_server_offers_the_trained_tool_names(tmp_path: Path) -> None:
     async with open_services(settings(tmp_path, search=["local"])) as services:
-        assert {"search", "google_scholar", "visit"} <= set(services.tools)
+        assert set(services.tools) == {
+            "search",
+            "google_scholar",
+            "visit",
+            "PythonInterpreter",
+            "parse_file",
+        }

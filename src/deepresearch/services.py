@@ -26,7 +26,10 @@ from deepresearch.search.pubmed import PubMedSearch
 from deepresearch.search.ratelimit import RateLimiter
 from deepresearch.sessions import SqliteSessionStore
 from deepresearch.tools.base import Source, Tool
+from deepresearch.tools.files import ParseFileTool
 from deepresearch.tools.netguard import guarded_client
+from deepresearch.tools.python import PythonInterpreterTool
+from deepresearch.tools.sandbox import Sandbox, SandboxLimits
 from deepresearch.tools.search import SearchBackend, SearchTool
 from deepresearch.tools.visit import VisitTool
 
@@ -71,6 +74,7 @@ class Services:
     index: EvidenceIndex
     model: ChatModel | None
     page_client: httpx.AsyncClient  # for untrusted URLs: SSRF-guarded, no cookies
+    sandbox: Sandbox
     index_state: IndexState = field(default_factory=IndexState)
     search_backends: list[SearchBackend] = field(default_factory=list)
     tools: Mapping[str, Tool] = field(default_factory=dict)
@@ -94,6 +98,15 @@ def default_tools(services: Services) -> dict[str, Tool]:
             timeout=settings.visit_timeout,
             max_bytes=settings.visit_max_bytes,
         ),
+        "PythonInterpreter": PythonInterpreterTool(
+            services.sandbox,
+            SandboxLimits(
+                cpu_seconds=max(1, int(settings.python_timeout)),
+                wall_seconds=settings.python_timeout,
+                memory_mb=settings.python_memory_mb,
+            ),
+        ),
+        "parse_file": ParseFileTool(settings.uploads_path),
     }
     return tools
 
@@ -209,7 +222,10 @@ async def open_services(
             index=index,
             model=model if model is not None else build_model(settings, client),
             page_client=page_client,
+            sandbox=Sandbox(),
         )
+        if not await services.sandbox.check():
+            log.warning("PythonInterpreter disabled: no sandbox here (%s)", services.sandbox.reason)
         services.search_backends = await choose_search_backends(
             settings, index, services.index_state, client
         )

@@ -234,3 +234,12 @@ async def test_client_keys_guard_every_route_but_health(make_settings: MakeSetti
         assert (await client.get("/sessions", headers=beta)).json()["total"] == 0
         other = await client.get(f"/sessions/{done['session_id']}", headers=beta)
         assert other.status_code == 404
+
+
+async def test_the_model_can_run_python_in_the_sandbox(make_settings: MakeSettings) -> None:
+    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+        result = await stream(client, {"question": "tok-py [sim:python]"})
+        assert result.types[-1] == "completed"
+        ran = next(e for e in result.events if e.type == "tool_result").data
+        assert ran["tool_name"] == "PythonInterpreter"
+        assert "42" in ran["result"]
