@@ -1,21 +1,24 @@
 """Hold many concurrent open streams on one server process and measure what they cost.
 
-Usage: python bench/streams.py [--streams 1000] [--slots 4] [--queue 1000] [--timeout 1500]
+Usage: python bench/streams.py [--streams 1000] [--slots 4] [--queue 1000] [--timeout 900]
+       [--ramp-seconds 0] [--baseline-sessions 100] [--json PATH] [--profile DIR]
 
 The script starts the LLM simulator (``bench/llm_simulator.py --token-delay-ms 0``) and one
 ``deepresearch serve`` process itself, on free loopback ports, with a temporary data directory
 and a three-record corpus written to it; it stops both before it exits. Three phases:
 
-A. hold: N streams opened at once whose questions carry ``[sim:hang]``, so the ``slots`` running
-   sessions stall inside the model call and the rest wait in the queue; nothing finishes.
+A. hold: N streams opened at once (or evenly over --ramp-seconds) whose questions carry
+   ``[sim:hang]``, so the ``slots`` running sessions stall inside the model call and the rest
+   wait in the queue; nothing finishes.
    Measures time to the first event (the burst, then single probes while N stay open) and the
    server's RSS per waiting stream. Every stream is then cancelled with ``DELETE`` and must end
    with exactly one ``cancelled``.
 B. drain: on a fresh server, N streams against the instant simulator, all run to completion.
    Measures server CPU per streamed event (``queued`` re-sends included), throughput, and time
    to the first event again. Every stream must end with exactly one ``completed``.
-C. no queue: batches of ``slots`` streams, so nothing ever waits; server CPU per event of the
-   research itself, the figure closest to the LangGraph yardstick (a two-call ReAct graph).
+C. no queue (on B's server, before B): batches of ``slots`` streams, so nothing ever waits;
+   server CPU per event of the research itself, the figure closest to the LangGraph yardstick
+   (a two-call ReAct graph, one run at a time).
 
 The load client is raw asyncio (uvloop when installed) in this process: httpx's per-line
 parsing would cost about as much CPU as the server on the shared two cores. Its CPU time is
@@ -37,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -570,11 +573,8 @@ async def phase_hold(
         async def settled(c: httpx.AsyncClient) -> bool:
             state = await health(c)
             queued = sum(1 for s in streams if s.position > 0)
-            return (
-                state["queued_sessions"] == n - slots
-                and state["active_sessions"] == slots
-                and queued == n - slots
-            )
+            server_side = (state["queued_sessions"], state["active_sessions"])
+            return server_side == (n - slots, slots) and queued == n - slots
 
         # RSS is read only when the server says every waiter is queued and every waiter's
         # client has its position: all N streams exist and none has finished.
@@ -598,6 +598,8 @@ async def phase_hold(
             probes.append(probe)
             task = asyncio.create_task(open_stream(port, probe, "cancel"))
             await wait_for("a probe's queue position", lambda p=probe: p.position or p.ended, 30)
+            if not probe.session_id:
+                break  # refused (e.g. the queue filled up): verify() reports it
             await client.delete(f"/sessions/{probe.session_id}")
             await asyncio.wait_for(task, 30)
         if probes:
@@ -681,10 +683,11 @@ async def run(args: argparse.Namespace, workdir: Path, report: Report) -> None:
             port = int(srv.url.rsplit(":", 1)[1])
             await warm_up(port, args.slots, "b")
             await sim_stats(sim, reset=True)
-            with profiled(srv.pid, args.profile, "b-drain"):
-                await phase_drain(report, srv, sim, port, args)
+            # C before B: B leaves ~N²/2 stored events behind, a bigger database for C's writes.
             with profiled(srv.pid, args.profile, "c-no-queue"):
                 await phase_no_queue(report, srv, sim, port, args)
+            with profiled(srv.pid, args.profile, "b-drain"):
+                await phase_drain(report, srv, sim, port, args)
             stats = await sim_stats(sim)
             report.max_in_flight = max(report.max_in_flight, stats["max_in_flight"])
     if report.max_in_flight > args.slots:
@@ -852,15 +855,23 @@ def raise_fd_limit(needed: int) -> None:
             raise BenchError(f"need {needed} file descriptors, the hard limit is {hard}")
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    # The server runs on uvloop (uvicorn picks it up); the client should be as cheap.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_fd_limit(args.streams * 2 + 256)
     try:
-        import uvloop  # the server runs on uvloop too; the client should be as cheap
-
-        uvloop.install()
-    except ImportError:
-        pass
+        raise_fd_limit(args.streams * 2 + 256)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
     report = Report(
         streams=args.streams,
         slots=args.slots,
@@ -871,9 +882,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         try:
-            asyncio.run(asyncio.wait_for(run(args, Path(tmp), report), args.timeout))
+            run_loop(asyncio.wait_for(run(args, Path(tmp), report), args.timeout))
         except (BenchError, TimeoutError) as exc:
-            print(f"benchmark failed: {exc or 'overall timeout'}", file=sys.stderr)
+            reason = str(exc) or f"the overall timeout of {args.timeout:g} s"
+            print(f"benchmark failed: {reason}", file=sys.stderr)
             return 2
     print()
     print(render(report))
