@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,12 +145,69 @@ async def test_bad_lines_are_counted_and_skipped(index: EvidenceIndex, tmp_path:
     assert (stats.documents, stats.added, stats.bad_records) == (3, 3, 6)
 
 
-async def test_a_repeated_id_keeps_the_last_record(index: EvidenceIndex, tmp_path: Path) -> None:
-    records = [{"id": "d", "text": "first version"}, {"id": "d", "text": "second version"}]
-    stats = await index.build([write_jsonl(tmp_path / "c.jsonl", records)])
-    assert (stats.documents, stats.duplicate_ids) == (1, 1)
-    found = await index.get("d")
-    assert found is not None and found.text == "second version"
+def record(rid: str, source: str, url: str, text: str) -> dict[str, Any]:
+    return {"id": rid, "source": source, "url": url, "text": text}
+
+
+# MedQuAD's shape: one id for several sources' passages, and one source's page split in two.
+REPEATED = [
+    record("m:1", "GHR", "https://ghr.example/a", "Acatalasemia lowers catalase."),
+    record("m:1", "GARD", "https://gard.example/a", "Acatalasemia may cause oral ulcers."),
+    record("m:1", "GARD", "https://gard.example/a", "Acatalasemia is inherited recessively."),
+    record("m:1", "GHR", "https://ghr.example/a", "Acatalasemia lowers catalase."),  # same again
+    record("m:1", "", "", "Acatalasemia was described in Japan."),
+    record("m:2", "GARD", "https://gard.example/b", "Angina is chest pain."),
+]
+
+
+async def test_a_repeated_id_is_renamed_unless_the_record_repeats(
+    index: EvidenceIndex, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", REPEATED)
+    stats = await index.build([corpus])
+    # Three renamed and one collapsed: duplicate_ids counts both.
+    assert (stats.documents, stats.added, stats.duplicate_ids) == (5, 5, 4)
+    texts = {rid: (await index.get(rid)) for rid in ["m:1", "m:1@GARD", "m:1@GARD-2", "m:1@2"]}
+    assert {rid: s.text if s else None for rid, s in texts.items()} == {
+        "m:1": "Acatalasemia lowers catalase.",
+        "m:1@GARD": "Acatalasemia may cause oral ulcers.",
+        "m:1@GARD-2": "Acatalasemia is inherited recessively.",
+        "m:1@2": "Acatalasemia was described in Japan.",
+    }
+    assert [s.source_id for s in await index.search("oral ulcers")] == ["m:1@GARD"]
+    found = await index.get("m:1@GARD")
+    assert found is not None and found.url == "https://gard.example/a"
+
+
+async def test_renamed_ids_are_the_same_after_a_rebuild(
+    index: EvidenceIndex, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", REPEATED)
+    await index.build([corpus])
+    first = sorted([s.source_id for s in await index.search("acatalasemia", limit=10)])
+
+    write_jsonl(corpus, REPEATED)  # the same records, rewritten: the file counts as changed
+    os.utime(corpus, ns=(1, 1))
+    again = await index.build([corpus])
+    assert (again.skipped_files, again.added, again.documents) == (0, 5, 5)
+    assert sorted([s.source_id for s in await index.search("acatalasemia", limit=10)]) == first
+    assert first == ["m:1", "m:1@2", "m:1@GARD", "m:1@GARD-2"]
+
+
+async def test_an_index_built_by_an_older_version_is_ingested_again(
+    index: EvidenceIndex, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", REPEATED)
+    await index.build([corpus])
+    # What the previous version left: renamed records missing, no ingest version.
+    with sqlite3.connect(index.path) as conn:
+        conn.execute("DELETE FROM documents WHERE id LIKE '%@%'")
+        conn.execute("PRAGMA user_version = 0")
+    conn.close()
+    stats = await index.build([corpus])
+    assert (stats.skipped_files, stats.documents) == (0, 5)
+    assert await index.get("m:1@GARD-2") is not None
+    assert (await index.build([corpus])).skipped_files == 1  # and only once
 
 
 @pytest.mark.parametrize(

@@ -83,3 +83,28 @@ async def test_release_is_idempotent_in_every_state() -> None:
     admission.release(holder)
     assert admission.busy == 0
     assert holder.state == waiter.state == "released"
+
+
+async def test_position_reports_are_spaced_but_the_slot_is_never_held_back() -> None:
+    admission = Admission(max_concurrent=1, max_queue=10)
+    holder = admission.admit("holder")
+    ahead = [admission.admit(f"a{n}") for n in range(3)]
+    mine = admission.admit("mine")
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+
+    async def watch() -> None:
+        async for position in admission.wait_turn(mine, timeout=10, interval=0.3):
+            await seen.put((position, loop.time()))
+
+    watcher = asyncio.create_task(watch())
+    first, first_at = await seen.get()
+    assert first == 4
+    admission.release(holder)  # 3
+    admission.release(ahead[0])  # 2: both moves inside one interval
+    second, second_at = await seen.get()
+    assert second == 2 and second_at - first_at >= 0.3  # only the latest, after the pause
+    admission.release(ahead[1])
+    admission.release(ahead[2])  # mine holds the slot: no waiting out the interval
+    await asyncio.wait_for(watcher, timeout=0.25)
+    assert mine.state == "holding" and seen.empty()

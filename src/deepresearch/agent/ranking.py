@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from deepresearch.tools.base import Source
+from deepresearch.tools.search import MAX_QUERIES
 
 WORD = re.compile(r"[a-z0-9]+")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
@@ -82,7 +83,6 @@ INFLECTIONS = (
 DERIVATIONS = ("ational", "ation", "ment", "ness", "ion", "ity", "ive", "ful", "ical", "ic",
                "al", "ly", "is")  # fmt: skip
 OPEN_WORDS = frozenset(["how", "what", "which", "when", "where", "who", "why"])
-MAX_VARIANTS = 5  # what the search tool accepts in one call
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MIN_SENTENCES, MAX_SENTENCES = 2, 4, 6
 EXTRA_FLOOR = 0.5  # a 5th or 6th sentence must score at least this share of the best
@@ -122,10 +122,9 @@ class Question:
         # Only an open question asks for an aspect ("How is X treated?"); in a yes/no
         # question ("Is X safe in patients treated for Y?") the words are its topic.
         open_question = bool(every) and every[0] in OPEN_WORDS
-        intents = dict.fromkeys(
-            INTENT_WORDS[w] for w in words if w in INTENT_WORDS and open_question
-        )
-        topic = [w for w in words if w not in INTENT_WORDS]
+        asks = [w for w in words if w in INTENT_WORDS] if open_question else []
+        intents = dict.fromkeys(INTENT_WORDS[w] for w in asks)
+        topic = [w for w in words if w not in asks]
         return cls(text.strip(), tuple(dict.fromkeys(topic)), tuple(intents))
 
     def variants(self) -> list[str]:
@@ -136,7 +135,7 @@ class Question:
         variants: dict[str, str] = {}  # by their words: "Is X?" and "is x" are one query
         for variant in [self.text, content, *(aspects if topic else [])]:
             variants.setdefault(" ".join(WORD.findall(variant.lower())), variant)
-        return [v for key, v in variants.items() if key][:MAX_VARIANTS]
+        return [v for key, v in variants.items() if key][:MAX_QUERIES]  # one search call
 
     def weights(self) -> dict[str, float]:
         weights = {stem(w): INTENT_WEIGHT for i in self.intents for w in INTENTS[i]}

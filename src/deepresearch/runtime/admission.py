@@ -36,6 +36,7 @@ class Ticket:
     state: TicketState
     position: int = 0  # place in the queue while waiting, 1 = next; 0 otherwise
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # position or state moved
+    granted: asyncio.Event = field(default_factory=asyncio.Event)  # holds a slot now
 
 
 class Admission:
@@ -73,26 +74,41 @@ class Admission:
         self._queue.append(ticket)
         return ticket
 
-    async def wait_turn(self, ticket: Ticket, timeout: float) -> AsyncIterator[int]:
-        """Yield ``ticket``'s queue position whenever it changes, until it holds a slot.
+    async def wait_turn(
+        self, ticket: Ticket, timeout: float, interval: float = 0.0
+    ) -> AsyncIterator[int]:
+        """Yield ``ticket``'s queue position when it changes, until it holds a slot.
 
-        Positions that change while the caller is busy are coalesced: it sees the
-        latest. ``QueueTimeout`` after ``timeout`` seconds of waiting in all; the
-        caller releases the ticket (``release`` is idempotent).
+        At most one position per ``interval`` seconds, always the latest: with
+        hundreds waiting, every freed slot moves every waiter, and reporting
+        each step would cost work quadratic in the queue's length. The slot
+        itself is never held back. ``QueueTimeout`` after ``timeout`` seconds in
+        all; the caller releases the ticket (``release`` is idempotent).
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        reported = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reported, reported_at = 0, -math.inf
         while ticket.state == "waiting":
-            if ticket.position != reported:
-                reported = ticket.position
+            now = loop.time()
+            if now >= deadline:
+                raise QueueTimeout(f"no slot became free within {timeout:g} s")
+            hold = reported_at + interval - now
+            if ticket.position != reported and hold <= 0:
+                reported, reported_at = ticket.position, now
                 yield reported
                 continue
-            ticket.changed.clear()
+            if ticket.position == reported:
+                # Nothing new to say: sleep until something moves.
+                ticket.changed.clear()
+                event, wake_at = ticket.changed, deadline
+            else:
+                # News, but too soon to tell it: wake early only for the slot.
+                event, wake_at = ticket.granted, min(deadline, now + hold)
             try:
-                async with asyncio.timeout_at(deadline):
-                    await ticket.changed.wait()
-            except TimeoutError as exc:
-                raise QueueTimeout(f"no slot became free within {timeout:g} s") from exc
+                async with asyncio.timeout_at(wake_at):
+                    await event.wait()
+            except TimeoutError:
+                continue
 
     def release(self, ticket: Ticket) -> None:
         """Give back whatever ``ticket`` has; a no-op if it was already released."""
@@ -104,6 +120,7 @@ class Admission:
                 heir = self._queue.pop(0)
                 heir.state, heir.position = "holding", 0
                 heir.changed.set()
+                heir.granted.set()
                 self._renumber()
             else:
                 self.busy -= 1

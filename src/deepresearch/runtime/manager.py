@@ -53,6 +53,8 @@ LISTENER_BUFFER = 512
 # How long a new session waits for its first follower before the disconnect policy applies.
 ATTACH_WINDOW = 10.0
 PRUNE_EVERY = 600.0
+# A waiting session reports its queue position at most this often (the latest one).
+QUEUE_REPORT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,7 @@ class SessionManager:
                 live, SessionStart(session_id=sid, question=live.record.question, content=sid)
             )
             async for position in self._admission.wait_turn(
-                live.ticket, self._settings.queue_timeout
+                live.ticket, self._settings.queue_timeout, QUEUE_REPORT_INTERVAL
             ):
                 await self._emit(
                     live,

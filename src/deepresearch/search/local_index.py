@@ -168,11 +168,12 @@ class EvidenceIndex:
         files unchanged since the last build.
 
         A changed file is re-ingested: records upsert by id, and records that are
-        no longer in it are deleted. A file repeating an id keeps every distinct
-        record under its own id (see ``_DistinctIds``). Records of files not passed to this call are
-        kept, so a partial build never drops another corpus. A file that cannot be
-        read (missing, truncated gzip) fails the build after the files before it
-        are committed; it stays unrecorded, so the next build retries it.
+        no longer in it are deleted; a file repeating an id keeps every distinct
+        record under an id of its own (``_DistinctIds``). Records of files not
+        passed to this call are kept, so a partial build never drops another corpus.
+        A file that cannot be read (missing, truncated gzip) fails the build after
+        the files before it are committed; it stays unrecorded, so the next build
+        retries it.
         """
         return await anyio.to_thread.run_sync(self._build, paths, progress)
 
@@ -368,25 +369,26 @@ class _DistinctIds:
     """Ids for one ingest of one file, so that a repeated id does not overwrite a record.
 
     MedQuAD gives up to seven sources' passages the same id. A later record whose id
-    is taken becomes ``id@source`` (then ``id@source-2``, ...), unless it repeats an
-    earlier record of that id exactly (same url and text): then it is dropped. Ids
-    depend only on the file's order, so every rebuild gives the same ones.
+    is taken becomes ``id@source`` (then ``id@source-2``, ...; ``id@2`` without a
+    source), unless it repeats an earlier record of that id exactly (same url and
+    text): then it is dropped. Ids depend only on the file's order, so every rebuild
+    gives the same ones.
     """
 
     def __init__(self) -> None:
         self._taken: set[str] = set()
-        # (id as written, digest of url and text) -> the id it was given
-        self._given: dict[tuple[str, bytes], str] = {}
+        self._records: set[tuple[str, bytes]] = set()  # (id as written, url-and-text digest)
 
     def assign(self, rid: str, source: str, url: str, text: str) -> str | None:
         """The id to store the record under, or ``None`` if it repeats an earlier one."""
         # A digest, not the text: a large corpus should not be held twice in memory.
-        digest = hashlib.blake2b(f"{url}\0{text}".encode(), digest_size=16).digest()
-        if (rid, digest) in self._given:
+        content = f"{url}\0{text}".encode(errors="surrogatepass")
+        key = (rid, hashlib.blake2b(content, digest_size=16).digest())
+        if key in self._records:
             return None
+        self._records.add(key)
         given = next(i for i in chain([rid], _renamings(rid, source)) if i not in self._taken)
         self._taken.add(given)
-        self._given[rid, digest] = given
         return given
 
 

@@ -30,7 +30,7 @@ class _Unauthorized(Exception):
     pass
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     found: Services = request.app.state.services
     return found
 
@@ -38,7 +38,7 @@ def get_services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(get_services)]
 
 
-def get_owner(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str | None:
+async def get_owner(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str | None:
     """The caller's identity when client keys are on; 401 without a valid key."""
     keys = svc.settings.api_keys
     if not keys:

@@ -1,0 +1,135 @@
+"""How often the local index, and the offline digest's citations, find the right abstract.
+
+Usage: python bench/eval_retrieval.py [--split dev|test] [--k 1,5,10] [--limit N]
+                                      [--corpus PATH] [--data-dir DIR] [--eval-dir DIR]
+
+Over the PubMedQA questions of a split (each with the id of the abstract it was
+written from), two measures:
+
+- index: the local index searched with the question text; recall@k is the
+  share of questions whose gold abstract is among the first k results.
+- digest: the real offline mode (``EvidenceDigestAgent`` with the server's own
+  search tool, built by ``open_services``); recall@k is the share whose gold
+  abstract is among the first k citations of the final answer, in order. The
+  digest cites at most six sentences from at most six sources, so recall@10 can
+  only count what was cited; "found" is the share citing gold anywhere (for the
+  index: anywhere in its first max(k) results). "cited sources" is the mean number
+  of distinct sources a digest cites.
+
+The corpus is read where it lies (default ``../shared/data/corpus`` next to the
+repository), never copied. The index lives in ``--data-dir`` (the server's
+``DEEPRESEARCH_DATA_DIR``; default ``bench/results/eval-data``), so a second run
+reuses it; the build is incremental, so a changed corpus is picked up. Tune on
+the dev split; run the test split once, to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepresearch.agent import EvidenceDigestAgent
+from deepresearch.config import load_settings
+from deepresearch.services import open_services
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Measure:
+    name: str
+    ranks: list[int | None] = field(default_factory=list)  # gold's 1-based rank, if found
+    seconds: list[float] = field(default_factory=list)
+    no_answer: int | None = None  # for the digest: answers that were ``no_answer``
+    cited: list[int] = field(default_factory=list)  # for the digest: sources per answer
+
+    def recall(self, k: int) -> float:
+        return sum(r is not None and r <= k for r in self.ranks) / len(self.ranks)
+
+    def row(self, ks: list[int]) -> str:
+        n = len(self.ranks)
+        found = sum(r is not None for r in self.ranks) / n
+        p50 = statistics.median(self.seconds)
+        p95 = statistics.quantiles(self.seconds, n=20)[-1] if n > 1 else p50
+        cells = [f"{self.recall(k):.3f}" for k in ks] + [f"{found:.3f}"]
+        cells.append("-" if self.no_answer is None else f"{self.no_answer / n:.3f}")
+        cells.append(f"{statistics.mean(self.cited):.1f}" if self.cited else "-")
+        return f"| {self.name} | " + " | ".join([*cells, f"{p50:.4f}", f"{p95:.4f}"]) + " |"
+
+
+def rank_of(gold: str, ids: list[str]) -> int | None:
+    return ids.index(gold) + 1 if gold in ids else None
+
+
+async def evaluate(args: argparse.Namespace) -> int:
+    questions_path = args.eval_dir / f"pubmedqa-{args.split}.jsonl"
+    questions: list[dict[str, Any]] = [
+        json.loads(line) for line in questions_path.read_text().splitlines() if line.strip()
+    ]
+    questions = questions[: args.limit] if args.limit else questions
+    ks = sorted({int(k) for k in args.k.split(",")})
+    # The local index alone: no model (the offline mode), no live search backends.
+    settings = load_settings(
+        data_dir=args.data_dir, corpus=[args.corpus], llm_url=[], search=["local"]
+    )
+    started = time.perf_counter()
+    async with open_services(settings, index_in_background=False) as services:
+        state = services.index_state
+        if state.error or not state.documents:
+            print(f"index build failed: {state.error or 'no documents'}", file=sys.stderr)
+            return 1
+        print(
+            f"index: {state.documents} documents in {args.data_dir} "
+            f"(ready in {time.perf_counter() - started:.1f} s)\n"
+        )
+        index = Measure("index (question text)")
+        digest = Measure("digest citations", no_answer=0)
+        for n, item in enumerate(questions):
+            gold, question = item["gold_id"], item["question"]
+            t0 = time.perf_counter()
+            found = await services.index.search(question, limit=max(ks))
+            index.seconds.append(time.perf_counter() - t0)
+            index.ranks.append(rank_of(gold, [s.source_id for s in found]))
+
+            t0 = time.perf_counter()
+            agent = EvidenceDigestAgent(f"eval-{n}", services.tools)
+            cited: list[str] = []
+            async for event in agent.run(question):
+                if event.type == "final_answer":
+                    cited = [c.source_id for c in event.answer_data.citations]
+                elif event.type == "no_answer":
+                    digest.no_answer = (digest.no_answer or 0) + 1
+            digest.seconds.append(time.perf_counter() - t0)
+            digest.ranks.append(rank_of(gold, cited))
+            digest.cited.append(len(cited))
+
+    head = [f"R@{k}" for k in ks] + ["found", "no_answer", "cited sources", "p50 s", "p95 s"]
+    print(f"PubMedQA {args.split}, {len(questions)} questions\n")
+    print("| measure | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
+    print(index.row(ks))
+    print(digest.row(ks))
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=["dev", "test"], default="dev")
+    parser.add_argument("--k", default="1,5,10", help="comma-separated cut-offs")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    parser.add_argument("--corpus", type=Path, default=SHARED / "corpus")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "results" / "eval-data")
+    parser.add_argument("--eval-dir", type=Path, default=SHARED / "eval")
+    sys.exit(asyncio.run(evaluate(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
