@@ -25,7 +25,7 @@ from deepresearch.events import (
     RoundStart,
     Thinking,
 )
-from deepresearch.llm.base import ChatModel, Message, NativeToolCall
+from deepresearch.llm.base import ChatModel, Message, NativeToolCall, estimate_tokens
 from deepresearch.tools.base import Tool, ToolContext
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ RETRY_BACKOFF = 0.5
 # Room kept for the final-call instruction itself, in tokens.
 FINAL_CALL_RESERVE = 128
 MIN_FINAL_REPLY = 256
+ESTIMATE_SLACK = 4
 
 NUDGE = (
     "Continue: either call one tool inside <tool_call></tool_call>, or give your final "
@@ -121,6 +122,10 @@ class ReactAgent:
         """
         budget = self._config.context_tokens
         settings = self._config.generation
+        # The estimate can be off by ~4x (CJK text is ~1 character a token), so only
+        # a prompt that could be near the budget is worth a tokenizer round trip.
+        if estimate_tokens(messages) * ESTIMATE_SLACK + settings.max_tokens <= budget:
+            return settings, False
         used = await self._model.count_tokens(messages)
         if used + settings.max_tokens <= budget:
             return settings, False

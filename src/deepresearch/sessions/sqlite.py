@@ -15,6 +15,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -42,8 +43,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended_at TEXT,
     answer TEXT,
     citations TEXT NOT NULL DEFAULT '[]',
-    error TEXT,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    error TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions (created_at DESC);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, created_at DESC);
@@ -58,11 +58,29 @@ CREATE TABLE IF NOT EXISTS events (
 
 COLUMNS = (
     "id, question, status, created_at, owner, on_disconnect, "
-    "started_at, ended_at, answer, citations, error, last_seq"
+    "started_at, ended_at, answer, citations, error"
+)
+# The last sequence number is read from the events' primary key rather than kept
+# in the row: updating the row on every event doubled the writer's work.
+SELECT_COLUMNS = (
+    f"{COLUMNS}, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = sessions.id)"
 )
 FINISHED_SQL = "status NOT IN ('queued', 'processing')"
 
-Batch = list[tuple[str, Sequence[StoredEvent], SessionChanges | None, "asyncio.Future[None]"]]
+
+@dataclass
+class _Write:
+    """One caller's part of a group commit."""
+
+    session_id: str
+    events: Sequence[StoredEvent]
+    changes: SessionChanges | None
+    future: asyncio.Future[None]
+    record: SessionRecord | None = None  # a new session to insert first
+    conflict: bool = False  # the record's id was taken
+
+
+Batch = list[_Write]
 
 
 def _time(value: datetime | None) -> str | None:
@@ -89,6 +107,22 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         citations=json.loads(row[9]),
         error=row[10],
         last_seq=row[11],
+    )
+
+
+def _row(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.question,
+        record.status,
+        _time(record.created_at),
+        record.owner,
+        record.on_disconnect,
+        _time(record.started_at),
+        _time(record.ended_at),
+        record.answer,
+        json.dumps(record.citations),
+        record.error,
     )
 
 
@@ -164,29 +198,11 @@ class SqliteSessionStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def create(self, record: SessionRecord) -> None:
-        row = (
-            record.id,
-            record.question,
-            record.status,
-            _time(record.created_at),
-            record.owner,
-            record.on_disconnect,
-            _time(record.started_at),
-            _time(record.ended_at),
-            record.answer,
-            json.dumps(record.citations),
-            record.error,
-            record.last_seq,
-        )
-
-        def insert(db: sqlite3.Connection) -> None:
-            with db:
-                db.execute(f"INSERT INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 12)})", row)
-
-        try:
-            await self._write(insert)
-        except sqlite3.IntegrityError as exc:
-            raise SessionConflict(f"session {record.id} already exists") from exc
+        # Creates join the group commit too: a burst of new sessions costs a few
+        # transactions, and their first events are not stuck behind one each.
+        write = await self._submit(_Write(record.id, (), None, self._future(), record))
+        if write.conflict:
+            raise SessionConflict(f"session {record.id} already exists")
 
     async def append(
         self,
@@ -194,12 +210,19 @@ class SqliteSessionStore:
         events: Sequence[StoredEvent],
         changes: SessionChanges | None = None,
     ) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((session_id, events, changes, future))
+        await self._submit(_Write(session_id, events, changes, self._future()))
+
+    @staticmethod
+    def _future() -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, write: _Write) -> _Write:
+        self._pending.append(write)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        # Shielded: a cancelled caller must not leave its events half-known.
-        await asyncio.shield(future)
+        # Shielded: a cancelled caller must not leave its write half-known.
+        await asyncio.shield(write.future)
+        return write
 
     async def _flush(self) -> None:
         try:
@@ -208,31 +231,34 @@ class SqliteSessionStore:
                 try:
                     await self._write(functools.partial(self._write_batch, batch=batch))
                 except Exception as exc:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for write in batch:
+                        if not write.future.done():
+                            write.future.set_exception(exc)
                 else:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_result(None)
+                    for write in batch:
+                        if not write.future.done():
+                            write.future.set_result(None)
         finally:
             self._flusher = None
 
     @staticmethod
     def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> None:
         with db:
-            for session_id, events, changes, _ in batch:
-                if events:
+            for write in batch:
+                if write.record is not None:
+                    inserted = db.execute(
+                        f"INSERT OR IGNORE INTO sessions ({COLUMNS}) "
+                        f"VALUES ({', '.join('?' * 11)})",
+                        _row(write.record),
+                    )
+                    write.conflict = inserted.rowcount == 0
+                if write.events:
                     db.executemany(
                         "INSERT INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)",
-                        [(session_id, e.seq, e.type, e.data) for e in events],
+                        [(write.session_id, e.seq, e.type, e.data) for e in write.events],
                     )
-                    db.execute(
-                        "UPDATE sessions SET last_seq = ? WHERE id = ?",
-                        (events[-1].seq, session_id),
-                    )
-                if changes is not None:
-                    _apply_changes(db, session_id, changes)
+                if write.changes is not None:
+                    _apply_changes(db, write.session_id, write.changes)
 
     async def update(self, session_id: str, changes: SessionChanges) -> None:
         await self.append(session_id, (), changes)
@@ -265,7 +291,7 @@ class SqliteSessionStore:
     async def get(self, session_id: str) -> SessionRecord | None:
         def fetch(db: sqlite3.Connection) -> SessionRecord | None:
             row = db.execute(
-                f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+                f"SELECT {SELECT_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
             return _record(row) if row else None
 
@@ -291,7 +317,7 @@ class SqliteSessionStore:
 
         def fetch(db: sqlite3.Connection) -> tuple[list[SessionRecord], int]:
             rows = db.execute(
-                f"SELECT {COLUMNS} FROM sessions {where} "
+                f"SELECT {SELECT_COLUMNS} FROM sessions {where} "
                 "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 [*params, limit, offset],
             ).fetchall()
@@ -304,7 +330,7 @@ class SqliteSessionStore:
         marks = ", ".join(f"'{status}'" for status in sorted(UNFINISHED))
 
         def fetch(db: sqlite3.Connection) -> list[SessionRecord]:
-            rows = db.execute(f"SELECT {COLUMNS} FROM sessions WHERE status IN ({marks})")
+            rows = db.execute(f"SELECT {SELECT_COLUMNS} FROM sessions WHERE status IN ({marks})")
             return [_record(row) for row in rows]
 
         return await self._read(fetch)
