@@ -138,7 +138,8 @@ async def _index(settings: Settings, paths: list[Path]) -> int:
     console.print(
         f"[bold green]index ready[/]: {stats.documents:,} documents "
         f"({stats.added:,} added, {stats.skipped_files} unchanged files skipped, "
-        f"{stats.bad_records} bad records) in {stats.seconds:.1f} s; "
+        f"{stats.bad_records} bad records, {stats.duplicate_ids} repeated ids renamed) "
+        f"in {stats.seconds:.1f} s; "
         f"{stats.size_bytes / 1e6:.1f} MB at {settings.index_path}"
     )
     return 0
