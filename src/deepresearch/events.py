@@ -89,6 +89,7 @@ class Citation(BaseModel):
     preview: str
     source_id: str  # corpus record id, PMID or URL
     url: str
+    title: str = ""  # beyond the contract's fields; clients may ignore it
 
 
 class AnswerData(BaseModel):

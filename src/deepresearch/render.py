@@ -78,7 +78,13 @@ class TerminalRenderer:
             preview = " ".join(citation.preview.split())
             if len(preview) > PREVIEW_CHARS:
                 preview = preview[:PREVIEW_CHARS] + "…"
-            out.print(Text.assemble((f"[{citation.id}] ", "bold"), (citation.source_id, "cyan")))
+            out.print(
+                Text.assemble(
+                    (f"[{citation.id}] ", "bold"),
+                    (citation.title or citation.source_id, "bold cyan"),
+                    (f"  {citation.source_id}" if citation.title else "", "dim"),
+                )
+            )
             out.print(Text(f"    {preview}", style="dim"))
             if citation.url:
                 out.print(Text(f"    {citation.url}", style="underline blue"))

@@ -44,6 +44,7 @@ def cite(answer: str, registry: CitationRegistry) -> CitedAnswer:
                 preview=source.snippet or source.text[:PREVIEW_CHARS],
                 source_id=source.source_id,
                 url=source.url,
+                title=source.title,
             )
         )
     return CitedAnswer(AnswerData(answer=text.strip(), citations=citations), sorted(set(dropped)))
