@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -16,6 +18,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from deepresearch.config import Settings, load_settings
 from deepresearch.errors import ConfigurationError, DeepResearchError
 from deepresearch.events import parse_event
+
+if TYPE_CHECKING:
+    from deepresearch.render import TerminalRenderer
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -74,12 +79,26 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _ask(settings: Settings, question: str, generation: dict[str, float | int | None]) -> int:
     from deepresearch.render import TerminalRenderer
-    from deepresearch.runtime.manager import SessionRequest
-    from deepresearch.services import open_services
 
     console = Console()
     renderer = TerminalRenderer(console)
-    async with open_services(settings, index_in_background=False) as services:
+    # A session store of its own: `ask` shares the evidence index with a server on
+    # the same data dir, but must not touch (or be locked out of) its sessions.
+    with tempfile.TemporaryDirectory(prefix="deepresearch-ask-") as scratch:
+        return await _ask_with(settings, question, generation, renderer, Path(scratch))
+
+
+async def _ask_with(
+    settings: Settings,
+    question: str,
+    generation: dict[str, float | int | None],
+    renderer: TerminalRenderer,
+    scratch: Path,
+) -> int:
+    from deepresearch.runtime.manager import SessionRequest
+    from deepresearch.services import open_services
+
+    async with open_services(settings, index_in_background=False, store_dir=scratch) as services:
         session_id = await services.manager.start(
             SessionRequest(question=question, generation=generation, on_disconnect="continue")
         )

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -194,12 +195,17 @@ async def open_services(
     tools_factory: ToolsFactory = default_tools,
     model: ChatModel | None = None,
     index_in_background: bool = True,
+    store_dir: Path | None = None,
 ) -> AsyncIterator[Services]:
+    """``store_dir``: keep the session store there instead of in the data dir."""
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         client = await stack.enter_async_context(httpx.AsyncClient())
         page_client = await stack.enter_async_context(guarded_client())
-        store = SqliteSessionStore(settings.database_path)
+        store_path = settings.database_path
+        if store_dir is not None:
+            store_path = store_dir / settings.database_path.name
+        store = SqliteSessionStore(store_path)
         await store.open()
         stack.push_async_callback(store.close)
         index = EvidenceIndex(settings.index_path)

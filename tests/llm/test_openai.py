@@ -118,3 +118,25 @@ async def test_tokenize_is_used_when_offered_and_estimated_otherwise() -> None:
     second = await model.count_tokens(MESSAGES)
     assert first == second > 0
     assert asked == ["/tokenize"]  # learned once that this backend cannot tokenize
+
+
+async def test_an_error_object_mid_stream_is_a_failure_not_a_short_answer() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        error = {"object": "error", "message": "KV cache exhausted", "code": 500}
+        return httpx.Response(200, content=sse(delta(content="Half an ans"), error))
+
+    model = model_with(httpx.MockTransport(handle), model="m")
+    with pytest.raises(BackendError, match="KV cache exhausted"):
+        await collect(model)
+    assert model.states()[0].healthy is False
+
+
+async def test_a_passing_tokenize_failure_does_not_switch_the_tokenizer_off() -> None:
+    answers = iter([httpx.Response(503), httpx.Response(200, json={"count": 77})])
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return next(answers)
+
+    model = model_with(httpx.MockTransport(flaky), model="m")
+    assert await model.count_tokens(MESSAGES) > 0  # estimated this once
+    assert await model.count_tokens(MESSAGES) == 77

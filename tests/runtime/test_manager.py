@@ -109,3 +109,35 @@ async def test_two_servers_in_one_process_share_nothing(tmp_path: Path) -> None:
         listed_two, _ = await two.manager.list_sessions(limit=10, offset=0, status=None, owner=None)
         assert {r.id for r in listed_one}.isdisjoint({r.id for r in listed_two})
     assert cold.settings[0].temperature == 0.1 and hot.settings[0].temperature == 1.9
+
+
+async def test_cancelling_mid_write_never_loses_an_event_from_the_live_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepresearch.sessions.sqlite import SqliteSessionStore
+
+    original = SqliteSessionStore.append
+
+    async def slow_append(self: SqliteSessionStore, *args: object, **kwargs: object) -> None:
+        await asyncio.sleep(0.02)  # widen the window a cancel can land in
+        await original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqliteSessionStore, "append", slow_append)
+    thinking = ["<think>" + "step " * 400 + "</think><answer>never</answer>"] * 10
+    async with open_services(settings(tmp_path), model=ScriptedModel(thinking, piece=3)) as svc:
+        for attempt in range(10):
+            session_id = await svc.manager.start(SessionRequest(question=f"q{attempt}"))
+            live: list[str] = []
+            async for stored in svc.manager.follow(session_id):
+                if stored is None:
+                    continue
+                live.append(stored.data)
+                if len(live) == 4 + attempt % 3:
+                    asyncio.get_running_loop().call_later(
+                        0.005 * attempt,
+                        asyncio.ensure_future,
+                        svc.manager.cancel(session_id, None, "test cancel"),
+                    )
+            replay = [e.data async for e in svc.manager.follow(session_id) if e is not None]
+            assert live == replay
+            assert parse_event(live[-1]).type in {"cancelled", "completed"}

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from deepresearch.services import Services, default_tools
 from deepresearch.tools.base import Tool, ToolContext, ToolOutput
@@ -243,3 +244,36 @@ async def test_the_model_can_run_python_in_the_sandbox(make_settings: MakeSettin
         ran = next(e for e in result.events if e.type == "tool_result").data
         assert ran["tool_name"] == "PythonInterpreter"
         assert "42" in ran["result"]
+
+
+async def test_resuming_from_past_the_end_of_a_live_session_ends_the_stream(
+    make_settings: MakeSettings,
+) -> None:
+    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+        body = {"question": "tok-end [sim:slow=20] [sim:rounds=2]", "on_disconnect": "continue"}
+        first = await stream(client, body, limit=2)
+        sid = first.events[0].data["session_id"]
+        ahead = await asyncio.wait_for(
+            collect(client, "GET", f"/sessions/{sid}/events", headers={"Last-Event-ID": "999"}),
+            timeout=20,
+        )
+        assert ahead.status == 200 and ahead.events == []
+        odd = await client.get(f"/sessions/{sid}/events", headers={"Last-Event-ID": b"\xb2"})
+        assert odd.status_code == 422
+
+
+async def test_plain_chat_honours_on_disconnect(make_settings: MakeSettings) -> None:
+    settings = make_settings(disconnect_grace=0.2)
+    async with running_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        ids = []
+        for policy in ("cancel", "grace"):
+            question = f"tok-{policy} [sim:slow=100] [sim:rounds=5]"
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(
+                    "/chat", json={"question": question, "on_disconnect": policy}, timeout=0.5
+                )
+            listing = (await client.get("/sessions", params={"limit": 1})).json()
+            ids.append(next(iter(listing["active_sessions"])))
+        for sid in ids:
+            assert await wait_for_status(client, sid, "cancelled", "completed") == "cancelled"
+        await assert_slots_free(client)

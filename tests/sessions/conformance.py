@@ -132,3 +132,18 @@ class StoreConformance:
         stored = await again.get("s-1")
         assert stored is not None and stored.status == "completed"
         assert [e.seq for e in await again.events("s-1")] == [1, 2, 3, 4]
+
+    async def test_a_bad_write_fails_its_caller_alone(self, store: SessionStore) -> None:
+        await store.create(record("bad"))
+        await store.create(record("good"))
+        await store.append("bad", events(1, 2))
+        outcomes = await asyncio.gather(
+            store.append("bad", events(2, 3)),  # sequence 2 again: refused
+            store.append("good", events(1, 3), SessionChanges(status="completed")),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], Exception) and outcomes[1] is None
+        assert [e.seq for e in await store.events("bad")] == [1, 2]  # nothing half-written
+        assert [e.seq for e in await store.events("good")] == [1, 2, 3]
+        good = await store.get("good")
+        assert good is not None and good.status == "completed"

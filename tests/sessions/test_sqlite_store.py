@@ -50,3 +50,16 @@ class TestSqliteStore(StoreConformance):
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         finally:
             db.close()
+
+
+async def test_a_second_process_cannot_open_the_same_store(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    from deepresearch.errors import ConfigurationError
+
+    second = SqliteSessionStore(tmp_path / "sessions.sqlite")
+    with pytest.raises(ConfigurationError, match="DEEPRESEARCH_DATA_DIR"):
+        await second.open()
+    await store.close()
+    await second.open()  # free again once the first has closed
+    await second.close()

@@ -12,6 +12,9 @@ from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
 from deepresearch.llm.base import BackendState, Message, NativeToolCall, estimate_tokens
 
+# Answers meaning "this backend has no /tokenize": stop asking it.
+NO_TOKENIZER = frozenset({404, 405, 501})
+
 
 class OpenAICompatibleModel:
     """Streams ``POST {base_url}/chat/completions``.
@@ -70,10 +73,13 @@ class OpenAICompatibleModel:
                 headers=self._headers,
                 timeout=self._timeout,
             )
+            if response.status_code in NO_TOKENIZER:
+                self._tokenizes = False
+                return estimate_tokens(messages)
             response.raise_for_status()
             count = int(response.json()["count"])
         except (httpx.HTTPError, KeyError, ValueError, TypeError, BackendError):
-            self._tokenizes = False
+            # A passing failure: estimate this once, ask again next time.
             return estimate_tokens(messages)
         self._tokenizes = True
         return count
@@ -107,6 +113,9 @@ class OpenAICompatibleModel:
                     detail = (await response.aread())[:300].decode(errors="replace")
                     raise self._failed(f"HTTP {response.status_code}: {detail}")
                 async for line in response.aiter_lines():
+                    problem = _error_of(line)
+                    if problem is not None:
+                        raise self._failed(f"error in the stream: {problem}")
                     delta = _delta_of(line)
                     piece = delta.get("content")
                     if piece:
@@ -121,21 +130,38 @@ class OpenAICompatibleModel:
             yield call
 
 
-def _delta_of(line: str) -> dict[str, Any]:
-    """The ``delta`` in one ``data:`` line of a streamed chat completion."""
+def _payload_of(line: str) -> dict[str, Any]:
+    """The JSON object in one ``data:`` line of a streamed chat completion, or {}."""
     if not line.startswith("data:"):
         return {}
     payload = line[5:].strip()
     if not payload or payload == "[DONE]":
         return {}
     try:
-        choices = json.loads(payload).get("choices") or []
+        parsed = json.loads(payload)
     except ValueError:
         return {}
-    if not choices or not isinstance(choices[0].get("delta"), dict):
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _error_of(line: str) -> str | None:
+    """vLLM and others report a failure mid-stream as an error object."""
+    payload = _payload_of(line)
+    if payload.get("object") == "error":
+        return str(payload.get("message") or "unknown error")
+    if "error" in payload and not payload.get("choices"):
+        error = payload["error"]
+        return str(error.get("message") if isinstance(error, dict) else error)
+    return None
+
+
+def _delta_of(line: str) -> dict[str, Any]:
+    """The ``delta`` in one ``data:`` line of a streamed chat completion."""
+    choices = _payload_of(line).get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return {}
-    delta: dict[str, Any] = choices[0]["delta"]
-    return delta
+    delta = choices[0].get("delta")
+    return delta if isinstance(delta, dict) else {}
 
 
 class _ToolCallAccumulator:

@@ -91,6 +91,8 @@ class _LiveSession:
         self.task: asyncio.Task[None] | None = None
         self.grace: asyncio.TimerHandle | None = None
         self.cancel_reason = "cancelled"
+        self.cancel_requested = False
+        self.finishing: asyncio.Task[None] | None = None  # writing the terminal event
 
     @property
     def tag(self) -> str:
@@ -114,6 +116,7 @@ class SessionManager:
         self._template = settings.agent_template()
         self._live: dict[str, _LiveSession] = {}
         self._pruner: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()  # referenced until done
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -188,8 +191,7 @@ class SessionManager:
         live = _LiveSession(record, ticket)
         self._live[session_id] = live
         live.task = asyncio.create_task(self._run(live, config), name=f"session-{session_id}")
-        # Whatever happens to the task, its ticket goes back.
-        live.task.add_done_callback(lambda _: self._admission.release(ticket))
+        live.task.add_done_callback(lambda _: self._task_done(live))
         if request.on_disconnect != "continue":
             live.grace = asyncio.get_running_loop().call_later(
                 max(ATTACH_WINDOW, self._settings.disconnect_grace), self._unwatched, live
@@ -197,6 +199,17 @@ class SessionManager:
         question = request.question if self._settings.log_questions else "(question not logged)"
         log.info("%s admitted (%s): %s", live.tag, ticket.state, question)
         return session_id
+
+    def _task_done(self, live: _LiveSession) -> None:
+        """Whatever happened to the task, its ticket goes back; and a task cancelled
+        before its first step (so ``_run`` never ran) still gets its terminal event."""
+        self._admission.release(live.ticket)
+        if live.finishing is None and live.id in self._live:
+            terminal = Cancelled(session_id=live.id, content=live.cancel_reason)
+            orphan = asyncio.ensure_future(self._finish(live, terminal, None, 0.0, None))
+            live.finishing = orphan
+            self._orphans.add(orphan)
+            orphan.add_done_callback(self._orphans.discard)
 
     async def cancel(self, session_id: str, owner: str | None, reason: str) -> SessionRecord:
         """Cancel a queued or running session and wait until it has ended."""
@@ -207,9 +220,16 @@ class SessionManager:
         self._cancel(live, reason)
         if live.task is not None:
             await asyncio.wait([live.task])
+        if live.finishing is not None:
+            await asyncio.wait([live.finishing])
         return await self.get(session_id, owner)
 
     def _cancel(self, live: _LiveSession, reason: str) -> None:
+        # Once: a second cancel (or one while the outcome is being written) must not
+        # interrupt the writing of the terminal event.
+        if live.cancel_requested or live.finishing is not None:
+            return
+        live.cancel_requested = True
         live.cancel_reason = reason
         if live.task is not None:
             live.task.cancel()
@@ -264,9 +284,23 @@ class SessionManager:
                     async with asyncio.timeout(idle):
                         event = await listener.queue.get()
                 except TimeoutError:
+                    if live.id not in self._live and listener.queue.empty():
+                        # Ended without a terminal reaching us (its write failed):
+                        # whatever the store has is all there will be.
+                        for event in await self._store.events(session_id, last):
+                            yield event
+                        return
                     yield None
                     continue
                 if event.seq <= last:
+                    if event.type in TERMINAL_TYPES:
+                        return  # the client had seen past the end already
+                    continue
+                if event.seq > last + 1:
+                    # A gap: an event was stored but not handed out (its writer was
+                    # cancelled between the two). The store has it.
+                    listener.lagging = True
+                    listener.queue.put_nowait(event)
                     continue
                 yield event
                 last = event.seq
@@ -307,6 +341,9 @@ class SessionManager:
         live.seq += 1
         stored = StoredEvent(live.seq, event.type, event.model_dump_json())
         await self._store.append(live.id, [stored], changes)
+        self._fan_out(live, stored)
+
+    def _fan_out(self, live: _LiveSession, stored: StoredEvent) -> None:
         self._metrics.events.inc()
         for listener in live.listeners:
             if listener.lagging:
@@ -363,7 +400,9 @@ class SessionManager:
                 content=f"timeout: the research ran past {config.max_run_seconds:g} s",
             )
         except asyncio.CancelledError:
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            task = asyncio.current_task()
+            while task is not None and task.cancelling():
+                task.uncancel()
             terminal = Cancelled(session_id=sid, content=live.cancel_reason)
         except SessionFailure as exc:
             terminal = Error(session_id=sid, content=str(exc))
@@ -372,7 +411,10 @@ class SessionManager:
             terminal = Error(session_id=sid, content=f"internal error: {type(exc).__name__}")
         finally:
             self._admission.release(live.ticket)
-        await asyncio.shield(self._finish(live, terminal, final, admitted, started))
+        live.finishing = asyncio.ensure_future(
+            self._finish(live, terminal, final, admitted, started)
+        )
+        await asyncio.shield(live.finishing)
 
     async def _finish(
         self,
@@ -390,9 +432,19 @@ class SessionManager:
             citations=[c.model_dump() for c in final.answer_data.citations] if final else None,
             error=terminal.content if status != "completed" else None,
         )
+        live.seq += 1
+        stored = StoredEvent(live.seq, terminal.type, terminal.model_dump_json())
         try:
-            await self._emit(live, terminal, changes)
+            await self._store.append(live.id, [stored], changes)
+        except Exception:
+            log.exception("%s could not store its outcome; retrying once", live.tag)
+            try:
+                await self._store.append(live.id, [stored], changes)
+            except Exception:
+                log.exception("%s outcome not stored; followers still get it", live.tag)
         finally:
+            # Followers always get the terminal event, stored or not.
+            self._fan_out(live, stored)
             if live.grace is not None:
                 live.grace.cancel()
             self._live.pop(live.id, None)

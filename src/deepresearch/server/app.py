@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -99,18 +101,36 @@ async def chat_stream(request: Request, svc: Svc, who: Owner) -> StreamingRespon
 
 
 @router.post("/chat")
-async def chat(request: Request, svc: Svc, who: Owner) -> dict[str, Any]:
+async def chat(request: Request, svc: Svc, who: Owner) -> Response:
     session_id = await start(request, svc, who)
-    async for _ in svc.manager.follow(session_id):
-        pass
+
+    async def drain() -> None:
+        async for _ in svc.manager.follow(session_id):
+            pass
+
+    # Nothing cancels a plain handler when its client leaves, so watch for it: the
+    # session's on_disconnect policy must apply here as it does to streams.
+    finished = asyncio.create_task(drain())
+    gone = asyncio.create_task(_disconnected(request))
+    await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (finished, gone):
+        task.cancel()
+    await asyncio.gather(finished, gone, return_exceptions=True)
     record = await svc.manager.get(session_id, who)
-    return {
-        "session_id": record.id,
-        "status": record.status,
-        "answer": record.answer,
-        "citations": record.citations,
-        "error": record.error,
-    }
+    return JSONResponse(
+        {
+            "session_id": record.id,
+            "status": record.status,
+            "answer": record.answer,
+            "citations": record.citations,
+            "error": record.error,
+        }
+    )
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/health")
@@ -167,7 +187,7 @@ async def session_events(
     await svc.manager.get(session_id, who)
     after = 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        if not re.fullmatch(r"[0-9]+", last_event_id.strip()):
             raise RequestValidationError(
                 [{"loc": ("Last-Event-ID",), "msg": "must be an event sequence number"}]
             )

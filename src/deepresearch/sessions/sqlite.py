@@ -10,17 +10,19 @@ readers run beside the writer). The event loop never touches SQLite.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
-from deepresearch.errors import SessionConflict
+from deepresearch.errors import ConfigurationError, SessionConflict
 from deepresearch.sessions.records import (
     UNFINISHED,
     SessionChanges,
@@ -126,6 +128,55 @@ def _row(record: SessionRecord) -> tuple[Any, ...]:
     )
 
 
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One explicit transaction (the connection is in autocommit mode otherwise)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _write_one(db: sqlite3.Connection, write: _Write) -> None:
+    if write.record is not None:
+        inserted = db.execute(
+            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 11)})",
+            _row(write.record),
+        )
+        write.conflict = inserted.rowcount == 0
+    if write.events:
+        db.executemany(
+            "INSERT INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)",
+            [(write.session_id, e.seq, e.type, e.data) for e in write.events],
+        )
+    if write.changes is not None:
+        _apply_changes(db, write.session_id, write.changes)
+
+
+def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> list[Exception | None]:
+    """All writes in one transaction; if that fails, each in its own, so one
+    caller's bad write fails that caller alone. Returns each write's failure."""
+    try:
+        with _transaction(db):
+            for write in batch:
+                _write_one(db, write)
+        return [None] * len(batch)
+    except sqlite3.Error:
+        pass
+    failures: list[Exception | None] = []
+    for write in batch:
+        try:
+            with _transaction(db):
+                _write_one(db, write)
+            failures.append(None)
+        except sqlite3.Error as exc:
+            failures.append(exc)
+    return failures
+
+
 def _change_columns(changes: SessionChanges) -> dict[str, Any]:
     values: dict[str, Any] = {
         "status": changes.status,
@@ -156,6 +207,7 @@ class SqliteSessionStore:
         self._read_db: sqlite3.Connection | None = None
         self._pending: Batch = []
         self._flusher: asyncio.Task[None] | None = None
+        self._lock: IO[str] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -177,9 +229,24 @@ class SqliteSessionStore:
         assert db is not None, "store is not open"
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, db)
 
+    def _take_lock(self) -> None:
+        """One process per store: a second one would settle the first one's live
+        sessions as interrupted. The OS drops the lock when a process dies."""
+        lock = self._path.with_suffix(".lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.close()
+            raise ConfigurationError(
+                f"another deepresearch process is using {self._path.parent} "
+                "(DEEPRESEARCH_DATA_DIR): stop it, or give this one its own data dir"
+            ) from exc
+        self._lock = lock
+
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._take_lock)
         self._write_db = await loop.run_in_executor(self._writer, self._connect)
         await self._write(lambda db: db.executescript(SCHEMA))
         self._read_db = await loop.run_in_executor(self._reader, self._connect)
@@ -194,6 +261,9 @@ class SqliteSessionStore:
         self._write_db = self._read_db = None
         self._writer.shutdown(wait=False)
         self._reader.shutdown(wait=False)
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -229,36 +299,18 @@ class SqliteSessionStore:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._write(functools.partial(self._write_batch, batch=batch))
-                except Exception as exc:
-                    for write in batch:
-                        if not write.future.done():
-                            write.future.set_exception(exc)
-                else:
-                    for write in batch:
-                        if not write.future.done():
-                            write.future.set_result(None)
+                    failures = await self._write(functools.partial(_write_batch, batch=batch))
+                except Exception as exc:  # the writer thread itself failed
+                    failures = [exc] * len(batch)
+                for write, failure in zip(batch, failures, strict=True):
+                    if write.future.done():
+                        continue
+                    if failure is None:
+                        write.future.set_result(None)
+                    else:
+                        write.future.set_exception(failure)
         finally:
             self._flusher = None
-
-    @staticmethod
-    def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> None:
-        with db:
-            for write in batch:
-                if write.record is not None:
-                    inserted = db.execute(
-                        f"INSERT OR IGNORE INTO sessions ({COLUMNS}) "
-                        f"VALUES ({', '.join('?' * 11)})",
-                        _row(write.record),
-                    )
-                    write.conflict = inserted.rowcount == 0
-                if write.events:
-                    db.executemany(
-                        "INSERT INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)",
-                        [(write.session_id, e.seq, e.type, e.data) for e in write.events],
-                    )
-                if write.changes is not None:
-                    _apply_changes(db, write.session_id, write.changes)
 
     async def update(self, session_id: str, changes: SessionChanges) -> None:
         await self.append(session_id, (), changes)
@@ -267,7 +319,7 @@ class SqliteSessionStore:
         cutoff = older_than.isoformat()
 
         def delete(db: sqlite3.Connection) -> int:
-            with db:
+            with _transaction(db):
                 doomed = [
                     row[0]
                     for row in db.execute(
