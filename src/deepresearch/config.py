@@ -78,13 +78,16 @@ class Settings(BaseSettings):
 
     # Clients.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Browser origins allowed to call the API (the note's React front end is served
+    # from its own origin); empty disables CORS.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     heartbeat_seconds: float = Field(default=15.0, gt=0)
 
     # Logs: questions may be medical data, so they are not logged unless asked.
     log_questions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("llm_url", "search", "api_keys", mode="before")
+    @field_validator("llm_url", "search", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_commas(value)
