@@ -418,6 +418,10 @@ class Latency:
     @classmethod
     def of(cls, streams: list[Stream], headers: bool = False) -> Latency:
         values = [ms for s in streams if (ms := s.headers_ms if headers else s.ttfe_ms) is not None]
+        return cls.of_values(values)
+
+    @classmethod
+    def of_values(cls, values: list[float]) -> Latency:
         if not values:
             return cls(0, float("nan"), float("nan"), float("nan"), float("nan"))
         return cls(
@@ -465,6 +469,7 @@ class Report:
     headers_a: Latency | None = None
     burst_cpu: float = 0.0  # server CPU seconds from the first request to the last first event
     probes: Latency | None = None
+    health: Latency | None = None  # GET /health with every slot busy and N waiting
     burst_b: Latency | None = None
     drain: Usage | None = None
     drain_events: int = 0
@@ -605,6 +610,14 @@ async def phase_hold(
         if probes:
             report.probes = Latency.of(probes)
             report.checks += [f"probe {f}" for f in verify(probes, "cancelled")]
+
+        # /health must answer at once even when every slot is busy and N wait.
+        health_ms: list[float] = []
+        for _ in range(PROBES):
+            began = time.perf_counter()
+            await health(client)
+            health_ms.append((time.perf_counter() - began) * 1000)
+        report.health = Latency.of_values(health_ms)
 
         print(f"[A] cancelling {n} sessions ...", flush=True)
         await cancel_all(client, streams)
@@ -758,6 +771,7 @@ def render(report: Report) -> str:
             )
         )
     latency(f"A: first event, single probe, {n} open", report.probes)
+    latency(f"A: GET /health, all slots busy, {n} open", report.health, target=False)
     kb = report.kb_per_waiting
     rows.append(
         (
