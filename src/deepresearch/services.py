@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from deepresearch.tools.base import Source, Tool
 from deepresearch.tools.files import ParseFileTool
 from deepresearch.tools.netguard import guarded_client
 from deepresearch.tools.python import PythonInterpreterTool
-from deepresearch.tools.sandbox import Sandbox, SandboxLimits
+from deepresearch.tools.sandbox import Sandbox, SandboxLimits, unprivileged_sandbox
 from deepresearch.tools.search import SearchBackend, SearchTool
 from deepresearch.tools.visit import VisitTool
 
@@ -200,6 +201,8 @@ async def open_services(
     """``store_dir``: keep the session store there instead of in the data dir."""
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Sessions hold people's questions; and sandboxed code runs as another user.
+        settings.data_dir.chmod(0o700)
         client = await stack.enter_async_context(httpx.AsyncClient())
         page_client = await stack.enter_async_context(guarded_client())
         store_path = settings.database_path
@@ -228,8 +231,10 @@ async def open_services(
             index=index,
             model=model if model is not None else build_model(settings, client),
             page_client=page_client,
-            sandbox=Sandbox(),
+            sandbox=unprivileged_sandbox(),
         )
+        if services.sandbox.scratch_root is not None:
+            stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
         if not await services.sandbox.check():
             log.warning("PythonInterpreter disabled: no sandbox here (%s)", services.sandbox.reason)
         services.search_backends = await choose_search_backends(

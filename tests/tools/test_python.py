@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -15,6 +16,7 @@ from deepresearch.errors import ToolFailure
 from deepresearch.tools.base import ToolContext
 from deepresearch.tools.python import PythonInterpreterTool
 from deepresearch.tools.sandbox import Sandbox, SandboxLimits
+from tests.support import ROOT
 
 QUICK = SandboxLimits(cpu_seconds=1, memory_mb=256, wall_seconds=3, max_output_chars=1000)
 
@@ -194,3 +196,46 @@ async def test_without_unshare_no_code_runs(tmp_path: Path) -> None:
         assert not await sandbox.check()
         assert sandbox.reason
     assert not marker.exists()
+
+
+async def test_code_cannot_touch_the_server_even_after_undoing_its_mounts(
+    tmp_path: Path,
+) -> None:
+    from deepresearch.tools.sandbox import unprivileged_sandbox
+
+    private = tmp_path / "data"
+    private.mkdir(mode=0o700)
+    (private / "sessions.sqlite").write_text("secret")
+    target = ROOT / "SANDBOX_ESCAPED"
+    sandbox = unprivileged_sandbox()
+    assert await sandbox.check(), sandbox.reason
+    code = f"""
+import ctypes, os
+ctypes.CDLL(None).umount2(b"/tmp", 2)  # the namespace's root may undo its own mounts
+for name, attempt in [
+    ("write repo", lambda: open({str(target)!r}, "w")),
+    ("read data", lambda: open({str(private / "sessions.sqlite")!r}).read()),
+    ("list scratch", lambda: os.listdir({str(sandbox.scratch_root)!r})),
+]:
+    try:
+        attempt()
+        print(name, "ALLOWED")
+    except PermissionError:
+        print(name, "refused")
+"""
+    try:
+        result = await sandbox.run_python(code, SandboxLimits(wall_seconds=20))
+    finally:
+        if sandbox.scratch_root is not None:
+            shutil.rmtree(sandbox.scratch_root, ignore_errors=True)
+    if os.geteuid() == 0:
+        # A root server runs code as nobody: all three are refused.
+        assert result.stdout.split("\n")[:3] == [
+            "write repo refused",
+            "read data refused",
+            "list scratch refused",
+        ], result.stdout + result.stderr
+    else:
+        # Not root: code runs as the server's own user, which is the documented limit.
+        assert sandbox.scratch_root is None and "write repo" in result.stdout
+    assert not target.exists()

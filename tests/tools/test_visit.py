@@ -397,3 +397,17 @@ async def test_a_page_with_no_text_at_all_is_a_per_url_error() -> None:
     )
     with pytest.raises(ToolFailure, match="no readable text"):
         await visit(make_tool(site), "http://public.example/empty")
+
+
+def test_pages_of_unclosed_tags_are_read_in_one_forward_pass() -> None:
+    from deepresearch.tools.pages import extract_html, strip_tags
+
+    # Regex or html.parser stripping is quadratic on these shapes: seconds at 80 KB,
+    # hours at these sizes (the suite's timeout would end this test), all on the GIL.
+    for hostile in ("<svg " * 400_000, "<svg>" * 400_000, "<!--" * 400_000):
+        assert strip_tags(hostile) == ""
+        assert extract_html(hostile[:200_000]) == ("", "")
+    assert strip_tags("<a>x" * 400_000) == " ".join(["x"] * 400_000)
+    assert strip_tags("<p>Hi <b>there</b><script>x()</script><svg><text>no</text></svg>!") == (
+        "Hi there !"
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import html
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +15,11 @@ from docx.table import Table
 
 from deepresearch.errors import ToolFailure
 from deepresearch.tools.base import Source, ToolContext, ToolOutput
+from deepresearch.tools.pages import strip_tags
 
 MAX_FILES = 10
 CSV_ROWS = 1000
 SNIPPET_CHARS = 300
-TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.DOTALL | re.IGNORECASE)
 
 PARAMETERS: dict[str, Any] = {
     "type": "object",
@@ -155,7 +153,7 @@ def _html(path: Path, limit: int) -> str:
     if extracted:
         return extracted
     # trafilatura finds no main content in short or odd pages: keep every visible word.
-    return re.sub(r"\s+", " ", html.unescape(TAGS.sub(" ", markup)))
+    return strip_tags(markup)
 
 
 def _plain(path: Path, limit: int) -> str:

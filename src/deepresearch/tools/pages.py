@@ -138,12 +138,9 @@ def _decode(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-_INVISIBLE = re.compile(
-    r"<!--.*?-->|<(head|title|script|style|noscript|template|svg)\b.*?</\1\s*>",
-    re.IGNORECASE | re.DOTALL,
-)
-_TAG = re.compile(r"<[^>]*>")
+_INVISIBLE = frozenset({"head", "title", "script", "style", "noscript", "template", "svg"})
+# The crude fallback reads at most this much; it is linear, but pure Python.
+FALLBACK_CHARS = 2_000_000
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
@@ -156,14 +153,62 @@ def extract_html(page: str) -> tuple[str, str]:
     metadata = trafilatura.extract_metadata(page)
     title = metadata.title if metadata is not None and metadata.title else None
     if not title:
-        match = _TITLE.search(page)
-        title = _collapse(html.unescape(_TAG.sub("", match.group(1)))) if match else ""
+        title = html_title(page)
     return title.strip(), text
 
 
 def strip_tags(page: str) -> str:
-    """A crude text version of HTML: drop scripts, styles and tags, keep the words."""
-    return _collapse(html.unescape(_TAG.sub(" ", _INVISIBLE.sub(" ", page))))
+    """A crude text version of HTML: drop scripts, styles and tags, keep the words.
+
+    A scanner built on ``str.find`` that only ever moves forward, so it is linear
+    in the page's size. Regular expressions like ``<script.*?</script>`` (and
+    ``html.parser`` too) rescan to the end for every unclosed tag: a page of many
+    unclosed tags then costs time quadratic in its size, holding the GIL and
+    stalling the whole server.
+    """
+    page = page[:FALLBACK_CHARS]
+    lower = page.lower()
+    parts: list[str] = []
+    at = 0
+    while at < len(page):
+        start = page.find("<", at)
+        if start == -1:
+            parts.append(page[at:])
+            break
+        parts.append(page[at:start])
+        if page.startswith("<!--", start):
+            end = page.find("-->", start + 4)
+            at = len(page) if end == -1 else end + 3
+            continue
+        end = page.find(">", start + 1)
+        if end == -1:
+            break  # an unclosed tag: the rest is markup
+        name = _tag_name(lower, start + 1, end)
+        at = end + 1
+        if name in _INVISIBLE:
+            close = lower.find(f"</{name}", at)
+            if close == -1:
+                break  # never closed: the rest is invisible
+            close_end = page.find(">", close)
+            at = len(page) if close_end == -1 else close_end + 1
+        parts.append(" ")
+    return _collapse(html.unescape("".join(parts)))
+
+
+def html_title(page: str) -> str:
+    """The ``<title>``'s text, found by the same forward-only scanning."""
+    lower = page[:FALLBACK_CHARS].lower()
+    start = lower.find("<title")
+    end = lower.find(">", start) if start != -1 else -1
+    close = lower.find("</title", end) if end != -1 else -1
+    if close == -1:
+        return ""
+    return _collapse(html.unescape(page[end + 1 : close]))
+
+
+def _tag_name(lower: str, start: int, end: int) -> str:
+    words = lower[start:end].split(None, 1)
+    return words[0].strip("/") if words else ""
 
 
 def _collapse(text: str) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import sys
@@ -131,6 +132,29 @@ class _Capture:
         return text[:max_chars], self.seen > self.cap or len(text) > max_chars
 
 
+def unprivileged_sandbox(scratch_parent: Path | None = None) -> Sandbox:
+    """The sandbox a server should use: as root, code runs as ``nobody``.
+
+    Inside ``unshare -r`` the code is root of its namespace and can undo the
+    namespace's mounts (e.g. the tmpfs over /tmp), so what really bounds it is
+    the real user it runs as: ``nobody`` cannot write the server's code, read the
+    data dir (kept 0700), or list the other runs' scratch folders, which live
+    under a root-owned folder it may traverse but not read (0711) with random
+    names. Debian's /usr/bin/python3 is used because the venv's interpreter may
+    sit under /root, which nobody cannot read.
+    """
+    if os.geteuid() != 0:
+        return Sandbox()
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        return Sandbox()
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    root = Path(tempfile.mkdtemp(prefix="deepresearch-sandbox-", dir=scratch_parent))
+    root.chmod(0o711)
+    return Sandbox(python=python, run_as=(nobody.pw_uid, nobody.pw_gid), scratch_root=root)
+
+
 class Sandbox:
     """Runs code in the child described above; refuses to run it if that is impossible."""
 
@@ -140,10 +164,12 @@ class Sandbox:
         unshare: str = "unshare",
         python: str = sys.executable,
         run_as: tuple[int, int] | None = None,  # (uid, gid) to drop to; needs root
+        scratch_root: Path | None = None,  # where scratch folders go; default the temp dir
     ) -> None:
         self._unshare = unshare
         self._python = python
         self._run_as = run_as
+        self.scratch_root = scratch_root
         self._available: bool | None = None
         self._lock = asyncio.Lock()
         self.reason = ""  # why the check failed, for the operator's log
@@ -177,7 +203,7 @@ class Sandbox:
             await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
 
     def _make_scratch(self, code: str) -> str:
-        scratch = tempfile.mkdtemp(prefix="deepresearch-python-")
+        scratch = tempfile.mkdtemp(prefix="deepresearch-python-", dir=self.scratch_root)
         # The bootstrap reads the code by this name.
         (Path(scratch) / "main.py").write_text(code, encoding="utf-8")
         if self._run_as is not None:
