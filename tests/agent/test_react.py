@@ -151,11 +151,11 @@ async def test_backend_failure_is_raised_for_the_runtime_to_end_the_session() ->
 
 
 async def test_marker_without_a_source_is_removed_and_reported() -> None:
-    model = ScriptedModel([SEARCH_CALL, "<answer>Yes [1]. Also [7].</answer>"])
+    model = ScriptedModel([SEARCH_CALL, "<answer>Yes [1]. Also [5].</answer>"])
     events = await run(agent(model, FakeSearch()))
     final = next(e for e in events if isinstance(e, FinalAnswer))
     assert final.answer_data.answer == "Yes [1]. Also."
-    assert final.dropped_citations == [7]
+    assert final.dropped_citations == [5]
     assert [c.id for c in final.answer_data.citations] == ["1"]
 
 

@@ -40,45 +40,71 @@ class NoAction:
 Reply = ToolCall | Answer | Malformed | NoAction
 
 
+ACTIONS = ("<tool_call>", "<answer>")
+PARTIAL_END = re.compile(r"<(/(a(n(s(w(er?)?)?)?)?)?)?$")  # "</answer>" still arriving
+
+
+def _action_start(text: str) -> int:
+    """Where the reply's action (a call or the answer) begins, or -1.
+
+    Only after the reasoning: a model may well write "<answer>" inside <think>
+    while planning, and a reply whose <think> never closed is all reasoning.
+    """
+    close = text.find("</think>")
+    if close == -1 and "<think>" in text:
+        return -1
+    after = 0 if close == -1 else close + len("</think>")
+    found = [at for marker in ACTIONS if (at := text.find(marker, after)) != -1]
+    return min(found, default=-1)
+
+
 def reasoning(text: str) -> str:
     """What the model thought so far in a reply: before any call or answer, tags stripped."""
-    for marker in ("<tool_call>", "<answer>"):
-        cut = text.find(marker)
-        if cut != -1:
-            text = text[:cut]
-    return THINK_TAGS.sub("", PARTIAL_TAG.sub("", text)).strip()
+    start = _action_start(text)
+    head = text if start == -1 else text[:start]
+    return THINK_TAGS.sub("", PARTIAL_TAG.sub("", head)).strip()
 
 
 def answer_so_far(text: str) -> str | None:
-    """The answer being written, or ``None`` before ``<answer>`` appears."""
-    start = text.find("<answer>")
-    if start == -1:
+    """The answer being written, or ``None`` when the reply's action is not an answer."""
+    start = _action_start(text)
+    if start == -1 or not text.startswith("<answer>", start):
         return None
     body = text[start + len("<answer>") :]
     end = body.find("</answer>")
-    return (body if end == -1 else body[:end]).strip()
+    return (PARTIAL_END.sub("", body) if end == -1 else body[:end]).strip()
 
 
 def parse_reply(text: str) -> Reply:
-    answer = answer_so_far(text)
-    if answer is not None:
-        return Answer(answer)
-    start = text.find("<tool_call>")
+    start = _action_start(text)
     if start == -1:
+        return NoAction()
+    if text.startswith("<answer>", start):
+        answer = answer_so_far(text)
+        # Upstream's rule: both tags. An answer cut off (by max_tokens) is not final,
+        # and neither is an empty one.
+        if answer and "</answer>" in text[start:]:
+            return Answer(answer)
         return NoAction()
     body = text[start + len("<tool_call>") :]
     end = body.find("</tool_call>")
-    body = (body if end == -1 else body[:end]).strip()
+    return _tool_call((body if end == -1 else body[:end]).strip())
+
+
+def _tool_call(body: str) -> Reply:
     code = CODE_BLOCK.search(body)
-    if code is not None:
-        # PythonInterpreter: JSON names the tool, the code sits in <code></code>.
-        return ToolCall("PythonInterpreter", {"code": code.group(1).strip()})
     try:
-        call = json.loads(body)
+        # raw_decode: the JSON object first; text after it (such as a <code> block) is allowed.
+        call, _ = json.JSONDecoder().raw_decode(body)
     except json.JSONDecodeError as exc:
+        if code is not None and "python" in body.lower():
+            # Upstream's PythonInterpreter shape need not be valid JSON around the code.
+            return ToolCall("PythonInterpreter", {"code": code.group(1).strip()})
         return Malformed(f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})")
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return Malformed('a tool call must be {"name": ..., "arguments": {...}}')
+    if call["name"] == "PythonInterpreter" and code is not None:
+        return ToolCall("PythonInterpreter", {"code": code.group(1).strip()})
     arguments = call.get("arguments", {})
     if isinstance(arguments, str):
         try:
