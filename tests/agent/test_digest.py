@@ -243,3 +243,19 @@ async def test_no_answer_when_nothing_matches(tools: Tools) -> None:
 async def test_no_answer_when_the_search_tool_fails() -> None:
     events = await run({}, "How is hypertension treated?")
     assert [e.type for e in events][-2:] == ["tool_error", "no_answer"]
+
+
+def test_a_source_s_own_reference_marks_are_not_taken_for_citations() -> None:
+    from deepresearch.agent.digest import compose
+    from deepresearch.agent.ranking import Candidate
+    from deepresearch.tools.base import Source, ToolContext
+
+    context = ToolContext("s")
+    first = Source("medquad:a", "A", "u", "x")
+    second = Source("medquad:b", "B", "u2", "text")
+    context.citations.number(first)
+    sentence = "It is inherited in an autosomal recessive manner.[1][2]"
+    chosen = [Candidate(1.0, sentence, second, frozenset())]
+    digest = compose(chosen, context)
+    assert digest is not None
+    assert digest.endswith("- It is inherited in an autosomal recessive manner. [2]")

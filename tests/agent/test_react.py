@@ -12,7 +12,7 @@ from deepresearch.agent.prompt import STOP_SEQUENCES
 from deepresearch.config import AgentTemplate
 from deepresearch.errors import BackendError, ToolFailure
 from deepresearch.events import Event, FinalAnswer, Thinking, ToolCallStart, ToolError, ToolResult
-from deepresearch.llm.base import NativeToolCall
+from deepresearch.llm.base import NativeToolCall, estimate_tokens
 from deepresearch.tools.base import Source, Tool, ToolContext, ToolOutput
 from tests.support import ScriptedModel
 
@@ -250,3 +250,31 @@ async def test_native_function_calling_round_trip() -> None:
     final = next(e for e in events if isinstance(e, FinalAnswer))
     assert final.answer_data.answer == "Metformin is first-line [1]."
     assert "<tools>" not in model.calls[0][0]["content"]
+
+
+async def test_a_tight_budget_shortens_replies_before_it_ends_the_research() -> None:
+    model = ScriptedModel([SEARCH_CALL, ANSWER])
+    config = AgentTemplate(context_tokens=8192)  # the default max_tokens is 8192 too
+    events = await run(ReactAgent("sid-1", model, {"search": FakeSearch()}, config))
+    assert events[-1].type == "completed"
+    assert all("maximum context" not in m["content"] for m in model.calls[0])
+    assert 1024 <= model.settings[0].max_tokens < 8192
+
+
+async def test_old_reasoning_is_trimmed_visibly_when_the_last_call_needs_room() -> None:
+    long_thought = "<think>" + "pondering " * 3000 + "</think>\n" + SEARCH_CALL
+    model = ScriptedModel([long_thought, ANSWER])
+    config = AgentTemplate(context_tokens=5000).for_request(max_tokens=1000)
+    events = await run(ReactAgent("sid-1", model, {"search": FakeSearch()}, config))
+    assert events[-1].type == "completed"
+    final_prompt = model.calls[-1]
+    assert any("reasoning removed to fit the context" in m["content"] for m in final_prompt)
+    assert estimate_tokens(final_prompt) + model.settings[-1].max_tokens <= 5000
+
+
+async def test_a_question_too_long_for_the_budget_ends_without_a_call() -> None:
+    model = ScriptedModel([ANSWER])
+    config = AgentTemplate(context_tokens=2048)
+    events = await run(ReactAgent("sid-1", model, {}, config), "why? " * 3000)
+    assert events[-1].type == "no_answer" and "no longer fits" in events[-1].content
+    assert model.calls == []

@@ -8,6 +8,7 @@ labelled as quotations, not a synthesis.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio.to_thread
@@ -35,11 +36,23 @@ PREAMBLE = (
 )
 
 
+# A source's own reference marks ("...manner.[1][2]") would read as this answer's
+# citations and point at the wrong sources; the quote keeps its words, not its marks.
+SOURCE_REFERENCE = re.compile(r"\s*\[\d{1,4}(?:\s*[-,\u2013]\s*\d{1,4})*\]")
+
+
+def _without_references(sentence: str) -> str:
+    return SOURCE_REFERENCE.sub("", sentence).strip()
+
+
 def compose(chosen: Sequence[Candidate], context: ToolContext) -> str | None:
     """The digest in Markdown with ``[n]`` markers, or ``None`` if nothing was chosen."""
     if not chosen:
         return None
-    lines = [f"- {c.sentence} [{context.citations.number(c.source)}]" for c in chosen]
+    lines = [
+        f"- {_without_references(c.sentence)} [{context.citations.number(c.source)}]"
+        for c in chosen
+    ]
     return PREAMBLE + "\n\n" + "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ RETRY_BACKOFF = 0.5
 # Room kept for the final-call instruction itself, in tokens.
 FINAL_CALL_RESERVE = 128
 MIN_FINAL_REPLY = 256
+MIN_RESEARCH_REPLY = 1024  # less room than this, and it is time to answer
+THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 ESTIMATE_SLACK = 4
 
 NUDGE = (
@@ -44,6 +47,16 @@ NUDGE = (
     "answer inside <answer></answer>."
 )
 TRIMMED = "[this tool response was removed to fit the context; its sources stay citable]"
+TRIMMED_THOUGHT = "<think>[reasoning removed to fit the context]</think>"
+
+
+def _shortened(message: Message) -> str:
+    """What an old message becomes when the context must shrink."""
+    if message["role"] in ("user", "tool"):
+        return TRIMMED
+    if message["role"] == "assistant":
+        return THINK_BLOCK.sub(TRIMMED_THOUGHT, message["content"])
+    return message["content"]
 
 
 @dataclass
@@ -79,6 +92,12 @@ class ReactAgent:
         for round_number in range(1, self._config.max_rounds + 1):
             yield RoundStart(session_id=sid, round=round_number)
             settings, last_call = await self._fit(messages)
+            if settings is None:
+                yield NoAnswer(
+                    session_id=sid,
+                    content="the context budget was spent: the conversation no longer fits",
+                )
+                return
             reply = _Reply()
             async for event in self._reply_with_retries(messages, settings, round_number, reply):
                 yield event
@@ -113,12 +132,14 @@ class ReactAgent:
                 messages.append(dialect.tool_message(call, self._tools.last))
         yield NoAnswer(session_id=sid, content=f"no answer after {self._config.max_rounds} rounds")
 
-    async def _fit(self, messages: list[Message]) -> tuple[GenerationSettings, bool]:
+    async def _fit(self, messages: list[Message]) -> tuple[GenerationSettings | None, bool]:
         """The settings for the next call, and whether it must be the last one.
 
-        When prompt plus reply would outgrow the context budget, the model is
-        told to answer now; if even that does not fit, old tool responses are
-        replaced by a visible marker (never cut silently) until it does.
+        Near the context budget a reply is given only the room left; when that
+        is too little to research on, the model is told to answer now. If even
+        that does not fit, old tool responses and old reasoning are replaced by a
+        visible marker (never cut silently) until it does; ``None`` when nothing
+        can make it fit (the run ends with ``no_answer``, without the call).
         """
         budget = self._config.context_tokens
         settings = self._config.generation
@@ -126,21 +147,25 @@ class ReactAgent:
         # a prompt that could be near the budget is worth a tokenizer round trip.
         if estimate_tokens(messages) * ESTIMATE_SLACK + settings.max_tokens <= budget:
             return settings, False
-        used = await self._model.count_tokens(messages)
-        if used + settings.max_tokens <= budget:
+        room = budget - await self._model.count_tokens(messages)
+        if room >= settings.max_tokens:
             return settings, False
+        if room >= MIN_RESEARCH_REPLY:
+            return settings.model_copy(update={"max_tokens": room}), False
         messages.append({"role": "user", "content": FINAL_CALL})
         used = await self._model.count_tokens(messages)
         # Oldest first; never the system prompt, the question, or the instruction itself.
         for message in messages[2:-1]:
             if budget - used - FINAL_CALL_RESERVE >= MIN_FINAL_REPLY:
                 break
-            if message["role"] in ("user", "tool") and message["content"] != TRIMMED:
-                message["content"] = TRIMMED
+            shorter = _shortened(message)
+            if shorter != message["content"]:
+                message["content"] = shorter
                 used = await self._model.count_tokens(messages)
         room = budget - used - FINAL_CALL_RESERVE
-        max_tokens = max(MIN_FINAL_REPLY, min(settings.max_tokens, room))
-        return settings.model_copy(update={"max_tokens": max_tokens}), True
+        if room < MIN_FINAL_REPLY:
+            return None, True
+        return settings.model_copy(update={"max_tokens": min(settings.max_tokens, room)}), True
 
     async def _reply_with_retries(
         self,
