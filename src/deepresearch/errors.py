@@ -54,6 +54,11 @@ class SessionFailure(DeepResearchError):
 class BackendError(SessionFailure):
     """The LLM backend failed (after retries) or timed out."""
 
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        # False when asking again cannot help (the request itself was refused).
+        self.retryable = retryable
+
 
 class BudgetExceeded(SessionFailure):
     """The session ran past its wall-clock limit."""

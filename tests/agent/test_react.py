@@ -11,7 +11,15 @@ from deepresearch.agent import ReactAgent
 from deepresearch.agent.prompt import STOP_SEQUENCES
 from deepresearch.config import AgentTemplate
 from deepresearch.errors import BackendError, ToolFailure
-from deepresearch.events import Event, FinalAnswer, Thinking, ToolCallStart, ToolError, ToolResult
+from deepresearch.events import (
+    Event,
+    FinalAnswer,
+    FinalAnswerChunk,
+    Thinking,
+    ToolCallStart,
+    ToolError,
+    ToolResult,
+)
 from deepresearch.llm.base import NativeToolCall, estimate_tokens
 from deepresearch.tools.base import Source, Tool, ToolContext, ToolOutput
 from tests.support import ScriptedModel
@@ -249,6 +257,8 @@ async def test_native_function_calling_round_trip() -> None:
     assert tool == {"role": "tool", "content": "[1] Metformin trial", "tool_call_id": "call_1"}
     final = next(e for e in events if isinstance(e, FinalAnswer))
     assert final.answer_data.answer == "Metformin is first-line [1]."
+    chunks = [e for e in events if isinstance(e, FinalAnswerChunk)]
+    assert chunks and chunks[-1].content == "Metformin is first-line [1]."
     assert "<tools>" not in model.calls[0][0]["content"]
 
 
@@ -278,3 +288,10 @@ async def test_a_question_too_long_for_the_budget_ends_without_a_call() -> None:
     events = await run(ReactAgent("sid-1", model, {}, config), "why? " * 3000)
     assert events[-1].type == "no_answer" and "no longer fits" in events[-1].content
     assert model.calls == []
+
+
+async def test_a_refused_request_is_not_retried() -> None:
+    model = ScriptedModel([BackendError("HTTP 400: too long", retryable=False), ANSWER])
+    with pytest.raises(BackendError, match="HTTP 400"):
+        await run(agent(model))
+    assert len(model.calls) == 1

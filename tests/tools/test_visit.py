@@ -8,6 +8,7 @@ which is how the tests prove a refused URL was never requested.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -411,3 +412,27 @@ def test_pages_of_unclosed_tags_are_read_in_one_forward_pass() -> None:
     assert strip_tags("<p>Hi <b>there</b><script>x()</script><svg><text>no</text></svg>!") == (
         "Hi there !"
     )
+
+
+class GzipStream(httpx.AsyncByteStream):
+    """A gzip body arriving in network-sized pieces, as a real response streams."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = gzip.compress(data)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self._data), 65536):
+            yield self._data[start : start + 65536]
+
+
+async def test_the_size_cap_holds_inside_decompression() -> None:
+    from deepresearch.tools.pages import _read_capped
+
+    bomb = b"<html><body><p>" + b"a" * 50_000_000 + b"</p></body></html>"
+    headers = {"Content-Type": "text/html", "Content-Encoding": "gzip"}
+    response = httpx.Response(200, headers=headers, stream=GzipStream(bomb))
+    data, truncated = await _read_capped(response, 100_000)
+    assert truncated and len(data) == 100_000 and data.startswith(b"<html><body><p>aaa")
+
+    small = httpx.Response(200, headers=headers, stream=GzipStream(b"<p>hello</p>"))
+    assert await _read_capped(small, 100_000) == (b"<p>hello</p>", False)

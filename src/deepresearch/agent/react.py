@@ -63,6 +63,7 @@ def _shortened(message: Message) -> str:
 class _Reply:
     text: str = ""
     calls: list[NativeToolCall] = field(default_factory=list)
+    shown_answer: str | None = None  # the last final_answer_chunk streamed
 
 
 class ReactAgent:
@@ -104,6 +105,9 @@ class ReactAgent:
             messages.append(dialect.assistant_message(reply.text, reply.calls))
             parsed = dialect.parse(reply.text, reply.calls)
             if isinstance(parsed, Answer):
+                if reply.shown_answer != parsed.text:
+                    # Native replies carry no <answer> tag to stream by: send it whole.
+                    yield FinalAnswerChunk(session_id=sid, content=parsed.text)
                 cited = cite(parsed.text, self._context.citations)
                 yield FinalAnswer(
                     session_id=sid,
@@ -176,13 +180,13 @@ class ReactAgent:
     ) -> AsyncIterator[Event]:
         """One model reply; a reply that fails part-way is asked for again (bounded)."""
         for attempt in range(self._config.retries + 1):
-            reply.text, reply.calls = "", []
+            reply.text, reply.calls, reply.shown_answer = "", [], None
             try:
                 async for event in self._stream_reply(messages, settings, round_number, reply):
                     yield event
                 return
-            except BackendError:
-                if attempt == self._config.retries:
+            except BackendError as exc:
+                if attempt == self._config.retries or not exc.retryable:
                     raise
                 log.warning("[session %s] model reply failed; retrying", self.session_id[:8])
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
@@ -197,7 +201,6 @@ class ReactAgent:
         """Stream one model reply as coalesced events, filling ``reply``."""
         sid = self.session_id
         shown_reasoning = ""
-        shown_answer: str | None = None
         last_sent = 0.0
         stream = self._model.stream(
             messages, settings, self._dialect.stop, self._dialect.tool_schemas(self._tools.tools)
@@ -225,6 +228,6 @@ class ReactAgent:
                 shown_reasoning = thought
                 yield Thinking(session_id=sid, round=round_number, content=thought, delta=delta)
             answer = answer_so_far(reply.text)
-            if answer is not None and answer != shown_answer:
-                shown_answer = answer
+            if answer is not None and answer != reply.shown_answer:
+                reply.shown_answer = answer
                 yield FinalAnswerChunk(session_id=sid, content=answer)

@@ -45,9 +45,9 @@ class OpenAICompatibleModel:
     def states(self) -> list[BackendState]:
         return [BackendState(self.base_url, self._model, self._healthy, self._last_error)]
 
-    def _failed(self, message: str) -> BackendError:
+    def _failed(self, message: str, *, retryable: bool = True) -> BackendError:
         self._healthy, self._last_error = False, message
-        return BackendError(f"LLM backend {self.base_url}: {message}")
+        return BackendError(f"LLM backend {self.base_url}: {message}", retryable=retryable)
 
     async def model_name(self) -> str:
         if self._model is None:
@@ -111,7 +111,11 @@ class OpenAICompatibleModel:
             ) as response:
                 if response.status_code >= 400:
                     detail = (await response.aread())[:300].decode(errors="replace")
-                    raise self._failed(f"HTTP {response.status_code}: {detail}")
+                    status = response.status_code
+                    # A refused request (too long, bad parameters) fails the same way
+                    # every time; overload, timeouts and server errors may pass.
+                    retryable = status in (408, 429) or status >= 500
+                    raise self._failed(f"HTTP {status}: {detail}", retryable=retryable)
                 async for line in response.aiter_lines():
                     problem = _error_of(line)
                     if problem is not None:

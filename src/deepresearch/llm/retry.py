@@ -43,7 +43,7 @@ class RetryingModel:
                     started = True
                     yield piece
                 return
-            except BackendError:
-                if started or attempt == self._retries:
+            except BackendError as exc:
+                if started or attempt == self._retries or not exc.retryable:
                     raise
             await asyncio.sleep(self._backoff * 2**attempt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,8 @@ MAX_REDIRECTS = 5
 HEADERS = {
     "User-Agent": "deepresearch/0.1 (medical-evidence research; visit tool)",
     "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1",
+    # Only what _read_capped can inflate within its cap.
+    "Accept-Encoding": "gzip, deflate",
 }
 _HTML_TYPES = {"text/html", "application/xhtml+xml"}
 _OTHER_TEXT_TYPES = {"application/json", "application/xml"}
@@ -118,16 +121,36 @@ def _sniff(data: bytes) -> Kind | None:
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
-    """At most ``max_bytes`` of the body; stops reading (never buffers) past that."""
+    """At most ``max_bytes`` of the decoded body, and whether there was more.
+
+    The cap applies after decompression, inside it: a small gzip body can inflate
+    a thousandfold, so the raw stream is inflated here with a bound on the output
+    rather than by httpx, which would inflate each chunk whole first.
+    """
+    if response.is_stream_consumed:  # built in memory (as by a mock): already decoded
+        return response.content[:max_bytes], len(response.content) > max_bytes
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        inflate: zlib._Decompress | None = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflate = zlib.decompressobj()
+    elif encoding in ("", "identity"):
+        inflate = None
+    else:
+        raise ToolFailure(f"unsupported content encoding {encoding!r}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        room = max_bytes - size
-        if len(chunk) > room:
-            chunks.append(chunk[:room])
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        async for raw in response.aiter_raw():
+            room = max_bytes - size
+            data = inflate.decompress(raw, room) if inflate is not None else raw[:room]
+            chunks.append(data)
+            size += len(data)
+            more = inflate.unconsumed_tail if inflate is not None else raw[room:]
+            if more or size >= max_bytes:
+                return b"".join(chunks), True
+    except zlib.error as exc:
+        raise ToolFailure(f"the page's {encoding} body is corrupt") from exc
     return b"".join(chunks), False
 
 

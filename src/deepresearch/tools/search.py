@@ -65,8 +65,16 @@ class SearchTool:
             raise ToolFailure("no search backend is configured on this server")
         sections: list[str] = []
         found: list[Source] = []
-        outcomes = await asyncio.gather(*(self._search(q) for q in queries))
-        for query, (results, failures) in zip(queries, outcomes, strict=True):
+        outcomes = await asyncio.gather(*(self._search(q) for q in queries), return_exceptions=True)
+        failed: list[str] = []
+        for query, outcome in zip(queries, outcomes, strict=True):
+            if isinstance(outcome, ToolFailure):
+                failed.append(str(outcome))
+                sections.append(f"The search for '{query}' failed: {outcome}")
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results, failures = outcome
             sections.extend(f"Note: {failure}" for failure in failures)
             if not results:
                 sections.append(f"A search for '{query}' found no results.")
@@ -75,9 +83,14 @@ class SearchTool:
             for source in results:
                 number = context.citations.number(source)
                 year = f" ({source.year})" if source.year else ""
-                lines.append(f"[{number}] {source.title}{year}\n{source.url}\n{source.snippet}")
+                lines.append(
+                    f"[{number}] {source.title}{year}\n"
+                    f"id: {source.source_id} | {source.url}\n{source.snippet}"
+                )
                 found.append(source)
             sections.append("\n\n".join(lines))
+        if len(failed) == len(queries):
+            raise ToolFailure("; ".join(failed))
         distinct = len({source.source_id for source in found})
         return ToolOutput(
             text="\n=======\n".join(sections),

@@ -78,6 +78,11 @@ class _Visit:
     extraction: tuple[str, str] | None = None  # (evidence, summary) when a model read it
 
 
+# Well inside the agent's limit for one tool call, so a slow summary falls back to
+# the raw page instead of losing every page of the call.
+SUMMARY_SECONDS = 60.0
+
+
 class VisitTool:
     """Fetches pages (SSRF-guarded) or corpus records; a model, if given, reads them."""
 
@@ -105,7 +110,9 @@ class VisitTool:
         self._client = client
         self._index = index
         self._model = model
-        self._generation = generation or GenerationSettings()
+        # Summaries are short and factual: a low temperature and a bounded length, so
+        # one page cannot use up the tool's time.
+        self._generation = generation or GenerationSettings(temperature=0.3, max_tokens=2048)
         self._resolve = resolver or system_resolver
         self._timeout = timeout
         self._max_bytes = max_bytes
@@ -179,14 +186,15 @@ class VisitTool:
         prompt = EXTRACTOR_PROMPT.format(content=source.text[: self._max_chars], goal=goal)
         messages: list[Message] = [{"role": "user", "content": prompt}]
         try:
-            # No tools are offered, so every piece is text; anything else is skipped.
-            pieces = [
-                piece
-                async for piece in self._model.stream(messages, self._generation, ())
-                if isinstance(piece, str)
-            ]
-        except BackendError:
-            # The page was read; losing its summary should not end the session.
+            async with asyncio.timeout(SUMMARY_SECONDS):
+                # No tools are offered, so every piece is text; anything else is skipped.
+                pieces = [
+                    piece
+                    async for piece in self._model.stream(messages, self._generation, ())
+                    if isinstance(piece, str)
+                ]
+        except (BackendError, TimeoutError):
+            # The page was read; losing its summary should not lose the page.
             return None
         evidence, summary = parse_extraction("".join(pieces))
         return (evidence, summary) if evidence or summary else None
