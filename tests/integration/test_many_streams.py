@@ -69,3 +69,20 @@ async def test_fifty_streams_stay_isolated_and_the_backend_sees_at_most_the_slot
             assert positions == sorted(positions, reverse=True) and positions[-1] >= 1
     assert len(session_ids) == STREAMS
     assert queued_streams >= STREAMS - SLOTS - 2
+
+
+async def test_the_served_process_runs_python_in_its_sandbox(tmp_path: Path) -> None:
+    # The served process runs on uvicorn's uvloop, whose subprocesses differ from asyncio's.
+    corpus = write_corpus(tmp_path / "corpus")
+    with (
+        simulator() as sim,
+        server(
+            tmp_path / "data", DEEPRESEARCH_CORPUS=str(corpus), DEEPRESEARCH_LLM_URL=sim.url
+        ) as app,
+    ):
+        async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
+            result = await collect(
+                client, "POST", "/chat/stream", json={"question": "tok-py [sim:python]"}
+            )
+    ran = next(e for e in result.events if e.type == "tool_result").data
+    assert ran["tool_name"] == "PythonInterpreter" and "42" in ran["result"]

@@ -40,7 +40,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -180,8 +179,8 @@ class Sandbox:
             if self._available is None:
                 try:
                     result = await self._run("print('ok')", SandboxLimits(wall_seconds=20))
-                except OSError as exc:
-                    self._available, self.reason = False, str(exc)
+                except Exception as exc:  # whatever fails here, no code may run
+                    self._available, self.reason = False, f"{type(exc).__name__}: {exc}"
                 else:
                     self._available = result.exit_code == 0 and result.stdout == "ok\n"
                     self.reason = "" if self._available else result.stderr.strip()[-500:]
@@ -214,11 +213,14 @@ class Sandbox:
         numbers = (limits.cpu_seconds, limits.memory_mb, limits.max_file_mb, limits.max_processes)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch)}
         env |= {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        drop: dict[str, Any] = {}
+        # setpriv rather than the user= / group= arguments of subprocess: uvloop's
+        # subprocess support (uvicorn's loop) does not take them.
+        drop: list[str] = []
         if self._run_as is not None:
-            drop = {"user": self._run_as[0], "group": self._run_as[1], "extra_groups": []}
+            uid, gid = self._run_as
+            drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
         proc = await asyncio.create_subprocess_exec(
-            unshare, "-rnmp", "--fork", "--kill-child", "--mount-proc",
+            *drop, unshare, "-rnmp", "--fork", "--kill-child", "--mount-proc",
             self._python, "-I", "-c", BOOTSTRAP, *map(str, numbers),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -226,7 +228,6 @@ class Sandbox:
             cwd=scratch,
             env=env,
             start_new_session=True,  # its own process group, killed as one
-            **drop,
         )  # fmt: skip
         assert proc.stdout is not None and proc.stderr is not None
         cap = limits.max_output_chars * 4  # bytes enough for that many UTF-8 characters
