@@ -19,6 +19,7 @@ import httpx
 from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
+from deepresearch.llm.pool import BackendPool
 from deepresearch.runtime.admission import Admission
 from deepresearch.runtime.manager import SessionManager
 from deepresearch.runtime.metrics import Metrics
@@ -155,15 +156,18 @@ async def choose_search_backends(
 def build_model(settings: Settings, client: httpx.AsyncClient) -> ChatModel | None:
     if settings.offline:
         return None
-    # One backend for now; the pool with failover wraps the same interface.
-    backend = OpenAICompatibleModel(
-        client,
-        settings.llm_url[0],
-        model=settings.llm_model,
-        api_key=settings.llm_api_key,
-        timeout=settings.llm_timeout,
-    )
-    return RetryingModel(backend, retries=settings.llm_retries)
+    backends: list[ChatModel] = [
+        OpenAICompatibleModel(
+            client,
+            url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout,
+        )
+        for url in settings.llm_url
+    ]
+    inner: ChatModel = backends[0] if len(backends) == 1 else BackendPool(backends)
+    return RetryingModel(inner, retries=settings.llm_retries)
 
 
 async def build_index(services: Services) -> None:

@@ -12,7 +12,7 @@ import pytest
 from deepresearch.services import Services, default_tools
 from deepresearch.tools.base import Tool, ToolContext, ToolOutput
 from tests.server.conftest import MakeSettings
-from tests.support import SSEStream, collect, running_app
+from tests.support import Process, SSEStream, collect, free_port, running_app
 
 
 async def health(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -301,3 +301,16 @@ async def test_a_browser_front_end_on_another_origin_may_call_the_api(
     async with running_app(closed) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.get("/health", headers={"Origin": "http://elsewhere"})
         assert "access-control-allow-origin" not in response.headers
+
+
+async def test_a_dead_backend_in_the_list_is_passed_over(
+    make_settings: MakeSettings, sim: Process
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    settings = make_settings(llm_url=[dead, sim.url], llm_model="sim-model")
+    async with running_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        for n in range(3):
+            result = await stream(client, {"question": f"tok-pool{n}"})
+            assert result.types[-1] == "completed"
+        backends = (await health(client))["llm"]["backends"]
+        assert [b["healthy"] for b in backends] == [False, True]
