@@ -289,3 +289,17 @@ async def test_a_cancelled_build_is_finished_by_the_next_one(
     assert await index.count() == 0  # the file's open transaction was rolled back
     stats = await index.build([corpus])
     assert (stats.added, stats.skipped_files, stats.documents) == (3000, 0, 3000)
+
+
+async def test_accented_and_composed_queries_find_what_the_index_folded(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    record = {"id": "medquad:s1", "url": "u", "title": "Sjögren syndrome", "text": "Dry eyes."}
+    corpus.write_text(json.dumps(record) + "\n")
+    index = EvidenceIndex(tmp_path / "i.sqlite")
+    try:
+        await index.build([corpus])
+        for query in ("Sjögren", "sjogren", "SJO\u0308GREN"):
+            results = await index.search(query, 5)
+            assert [r.source_id for r in results] == ["medquad:s1"], query
+    finally:
+        index.close()

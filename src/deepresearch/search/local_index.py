@@ -15,6 +15,7 @@ import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain, count
@@ -140,7 +141,11 @@ class IndexStats:
 
 def fts_query(text: str) -> str:
     """Free text to an FTS5 query that cannot carry FTS syntax: quoted terms joined by OR."""
-    words = (w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in _STOPWORDS)
+    # Fold as the index's tokenizer does (remove_diacritics): compatibility forms and
+    # accents would otherwise split words ("İstanbul" lost its first letter).
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    normal = "".join(c for c in decomposed if not unicodedata.combining(c))
+    words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in _STOPWORDS)
     terms = list(dict.fromkeys(words))[:_MAX_TERMS]  # dict: dedupe, keep order
     return " OR ".join(f'"{t}"' for t in terms)
 
