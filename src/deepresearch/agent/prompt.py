@@ -79,4 +79,6 @@ def native_system_prompt(today: date) -> str:
 
 
 def tool_response(text: str) -> str:
+    # A page or file could contain the closing tag and fake the end of the response.
+    text = text.replace("</tool_response>", "&lt;/tool_response&gt;")
     return f"<tool_response>\n{text}\n</tool_response>"

@@ -233,16 +233,16 @@ class Sandbox:
         cap = limits.max_output_chars * 4  # bytes enough for that many UTF-8 characters
         out, err = _Capture(cap, lambda: _kill(proc)), _Capture(cap, lambda: _kill(proc))
         timed_out = False
+        reading = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), proc.wait())
         try:
-            await asyncio.wait_for(
-                asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), proc.wait()),
-                limits.wall_seconds,
-            )
+            await asyncio.wait_for(reading, limits.wall_seconds)
         except TimeoutError:
             timed_out = True
         finally:
             _kill(proc)  # also when the caller is cancelled: never leave a child behind
             await proc.wait()
+            if reading.done() and not reading.cancelled():
+                reading.exception()  # seen here, so asyncio does not log it as lost
         stdout, out_cut = out.text(limits.max_output_chars)
         stderr, err_cut = err.text(limits.max_output_chars)
         code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
