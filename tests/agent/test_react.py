@@ -192,17 +192,25 @@ async def test_python_code_block_call_is_parsed() -> None:
     assert any(isinstance(e, ToolResult) and e.result == "42" for e in events)
 
 
+class WordySearch(FakeSearch):
+    """A search whose results fill the context: ``padding`` words of evidence."""
+
+    def __init__(self, padding: int) -> None:
+        super().__init__()
+        self.padding = padding
+
+    async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        output = await super().call(arguments, context)
+        return ToolOutput(output.text + " evidence" * self.padding, output.summary, output.sources)
+
+
+BIG_CALL = '<tool_call>{"name": "search", "arguments": {"query": ["x"]}}</tool_call>'
+
+
 async def test_context_overflow_forces_one_last_call_that_answers() -> None:
-    big_call = '<tool_call>{"name": "search", "arguments": {"query": ["x"]}}</tool_call>'
-
-    class Wordy(FakeSearch):
-        async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-            output = await super().call(arguments, context)
-            return ToolOutput(output.text + " evidence" * 3000, output.summary, output.sources)
-
-    model = ScriptedModel([big_call, ANSWER])
+    model = ScriptedModel([BIG_CALL, ANSWER])
     config = AgentTemplate(context_tokens=8000).for_request(max_tokens=2000)
-    events = await run(ReactAgent("sid-1", model, {"search": Wordy()}, config))
+    events = await run(ReactAgent("sid-1", model, {"search": WordySearch(3000)}, config))
     assert events[-1].type == "completed"
     last_prompt = model.calls[-1]
     assert last_prompt[-1]["content"].startswith("You have now reached the maximum context")
@@ -210,16 +218,9 @@ async def test_context_overflow_forces_one_last_call_that_answers() -> None:
 
 
 async def test_context_overflow_without_an_answer_ends_with_no_answer_and_trims_visibly() -> None:
-    big_call = '<tool_call>{"name": "search", "arguments": {"query": ["x"]}}</tool_call>'
-
-    class Huge(FakeSearch):
-        async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-            output = await super().call(arguments, context)
-            return ToolOutput(output.text + " evidence" * 6000, output.summary, output.sources)
-
-    model = ScriptedModel([big_call, big_call])
+    model = ScriptedModel([BIG_CALL, BIG_CALL])
     config = AgentTemplate(context_tokens=4000).for_request(max_tokens=1000)
-    events = await run(ReactAgent("sid-1", model, {"search": Huge()}, config))
+    events = await run(ReactAgent("sid-1", model, {"search": WordySearch(6000)}, config))
     assert events[-1].type == "no_answer"
     assert "context budget" in events[-1].content
     final_prompt = model.calls[-1]
