@@ -280,6 +280,8 @@ class SessionManager:
                         last = event.seq
                         if event.type in TERMINAL_TYPES:
                             return
+                    if live.id not in self._live and listener.queue.empty():
+                        return  # it ended, and its terminal event never reached the store
                 try:
                     async with asyncio.timeout(idle):
                         event = await listener.queue.get()
@@ -298,9 +300,8 @@ class SessionManager:
                     continue
                 if event.seq > last + 1:
                     # A gap: an event was stored but not handed out (its writer was
-                    # cancelled between the two). The store has it.
+                    # cancelled between the two). The store has it, and this one too.
                     listener.lagging = True
-                    listener.queue.put_nowait(event)
                     continue
                 yield event
                 last = event.seq
