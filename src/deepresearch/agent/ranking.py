@@ -82,6 +82,22 @@ INFLECTIONS = (
 )  # fmt: skip
 DERIVATIONS = ("ational", "ation", "ment", "ness", "ion", "ity", "ive", "ful", "ical", "ic",
                "al", "ly", "is")  # fmt: skip
+# Clinical terms and the words consumer-health text (MedQuAD, MedlinePlus) uses for
+# them: "How is hypertension treated?" is answered there under "high blood pressure".
+LAY_TERMS: dict[str, str] = {
+    "hypertension": "high blood pressure",
+    "hypotension": "low blood pressure",
+    "hyperlipidemia": "high cholesterol",
+    "hypercholesterolemia": "high cholesterol",
+    "myocardial infarction": "heart attack",
+    "cerebrovascular accident": "stroke",
+    "hyperglycemia": "high blood sugar",
+    "hypoglycemia": "low blood sugar",
+    "renal failure": "kidney failure",
+    "pyrexia": "fever",
+    "emesis": "vomiting",
+    "cephalalgia": "headache",
+}
 OPEN_WORDS = frozenset(["how", "what", "which", "when", "where", "who", "why"])
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MIN_SENTENCES, MAX_SENTENCES = 2, 4, 6
@@ -133,13 +149,28 @@ class Question:
         topic = " ".join(self.topic)
         aspects = [f"{topic} {word}" for i in self.intents for word in INTENTS[i]]
         variants: dict[str, str] = {}  # by their words: "Is X?" and "is x" are one query
-        for variant in [self.text, content, *(aspects if topic else [])]:
+        lay = self.lay_topic()
+        lay_aspects = [f"{lay} {INTENTS[i][0]}" for i in self.intents[:1]] if lay else []
+        lay_queries = lay_aspects or ([lay] if lay else [])
+        candidates = [self.text, content, *lay_queries, *(aspects if topic else [])]
+        for variant in candidates:
             variants.setdefault(" ".join(WORD.findall(variant.lower())), variant)
         return [v for key, v in variants.items() if key][:MAX_QUERIES]  # one search call
+
+    def lay_topic(self) -> str | None:
+        """The topic in consumer-health words, when it names a clinical term."""
+        topic = " ".join(self.topic)
+        lay = topic
+        for term, words in LAY_TERMS.items():
+            lay = lay.replace(term, words)
+        return lay if lay != topic else None
 
     def weights(self) -> dict[str, float]:
         weights = {stem(w): INTENT_WEIGHT for i in self.intents for w in INTENTS[i]}
         weights.update((stem(w), 1.0) for w in self.topic)
+        lay = self.lay_topic()
+        if lay:  # the lay words stand in for the term they replace, not beside it
+            weights.update((stem(w), 1.0) for w in WORD.findall(lay) if w not in STOPWORDS)
         return weights
 
 
