@@ -141,3 +141,20 @@ async def test_cancelling_mid_write_never_loses_an_event_from_the_live_stream(
             replay = [e.data async for e in svc.manager.follow(session_id) if e is not None]
             assert live == replay
             assert parse_event(live[-1]).type in {"cancelled", "completed"}
+
+
+async def test_a_session_cancelled_before_it_first_runs_still_ends_properly(
+    tmp_path: Path,
+) -> None:
+    async with open_services(settings(tmp_path)) as services:
+        session_id = await services.manager.start(SessionRequest(question="never started"))
+        # No await between start and cancel: the session's task has not taken a step.
+        record = await services.manager.cancel(session_id, None, "cancelled at once")
+        assert record.status == "cancelled" and record.error == "cancelled at once"
+        types = [
+            parse_event(e.data).type
+            async for e in services.manager.follow(session_id)
+            if e is not None
+        ]
+        assert types == ["session_start", "cancelled"]
+        assert services.admission.busy == 0 and services.manager.live_count == 0

@@ -205,11 +205,21 @@ class SessionManager:
         before its first step (so ``_run`` never ran) still gets its terminal event."""
         self._admission.release(live.ticket)
         if live.finishing is None and live.id in self._live:
-            terminal = Cancelled(session_id=live.id, content=live.cancel_reason)
-            orphan = asyncio.ensure_future(self._finish(live, terminal, None, 0.0, None))
+            orphan = asyncio.ensure_future(self._settle_unstarted(live))
             live.finishing = orphan
             self._orphans.add(orphan)
             orphan.add_done_callback(self._orphans.discard)
+
+    async def _settle_unstarted(self, live: _LiveSession) -> None:
+        """The stream of a session cancelled before it ran: ``session_start``, then
+        ``cancelled``, like any other."""
+        start = SessionStart(session_id=live.id, question=live.record.question, content=live.id)
+        try:
+            await self._emit(live, start)
+        except Exception:
+            log.exception("%s could not store its start", live.tag)
+        terminal = Cancelled(session_id=live.id, content=live.cancel_reason)
+        await self._finish(live, terminal, None, 0.0, None)
 
     async def cancel(self, session_id: str, owner: str | None, reason: str) -> SessionRecord:
         """Cancel a queued or running session and wait until it has ended."""
