@@ -232,8 +232,10 @@ async def test_fts_syntax_in_a_query_is_just_text(
 def test_queries_become_quoted_terms() -> None:
     # Operators lose their meaning; one-letter pieces and stopwords go.
     assert fts_query('What is "NEAR(a* b)" -x_y: AND col:rna^?') == '"near" OR "col" OR "rna"'
-    assert fts_query("Is hypertension, or HYPERTENSION, treated?") == (
-        '"hypertension" OR "treated"'
+    assert fts_query("Is diabetes, or DIABETES, treated?") == '"diabetes" OR "treated"'
+    # A clinical term also looks for the words consumer-health pages use for it.
+    assert fts_query("Is hypertension treated?") == (
+        '"hypertension" OR "treated" OR "high blood pressure"'
     )
 
 

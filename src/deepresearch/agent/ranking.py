@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from deepresearch.search.synonyms import LAY_TERMS
 from deepresearch.tools.base import Source
 from deepresearch.tools.search import MAX_QUERIES
 
@@ -27,7 +28,8 @@ NAMED_ITEM = re.compile(r"[A-Z][a-z]+: [A-Z]")  # "Registry: Diabetes", not "CI:
 # Pointers to elsewhere (links, phone numbers, calls to action) are never evidence.
 BOILERPLATE = re.compile(
     r"https?://|www\.|\.(?:gov|org|com|aspx?|html?)\b|\b1-?800\b|\d{3}\)? ?\d{3}-\d{4}|\b1\d{10}\b"
-    r"|learn more|these resources|click (?:here|on)|more information|find out more|read more"
+    r"|learn more|these resources|\bclick\b|more information|find out more|read more"
+    r"|for more details|\bgo to \W"
     r"|fact sheet|available at|web ?site|toll-free|e-?mail|espa.?ol|would like to thank"
     r"|\bvisit (?:the|our|www|http)|\bcall(?:ing)? (?:the|toll|\d)|\bcontact (?:us|the)\b"
     r"|following list|phenotype ontology|the following\W*$|^see\b|this (?:summary|page|section)",
@@ -82,22 +84,6 @@ INFLECTIONS = (
 )  # fmt: skip
 DERIVATIONS = ("ational", "ation", "ment", "ness", "ion", "ity", "ive", "ful", "ical", "ic",
                "al", "ly", "is")  # fmt: skip
-# Clinical terms and the words consumer-health text (MedQuAD, MedlinePlus) uses for
-# them: "How is hypertension treated?" is answered there under "high blood pressure".
-LAY_TERMS: dict[str, str] = {
-    "hypertension": "high blood pressure",
-    "hypotension": "low blood pressure",
-    "hyperlipidemia": "high cholesterol",
-    "hypercholesterolemia": "high cholesterol",
-    "myocardial infarction": "heart attack",
-    "cerebrovascular accident": "stroke",
-    "hyperglycemia": "high blood sugar",
-    "hypoglycemia": "low blood sugar",
-    "renal failure": "kidney failure",
-    "pyrexia": "fever",
-    "emesis": "vomiting",
-    "cephalalgia": "headache",
-}
 OPEN_WORDS = frozenset(["how", "what", "which", "when", "where", "who", "why"])
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MIN_SENTENCES, MAX_SENTENCES = 2, 4, 6

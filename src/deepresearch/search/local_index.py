@@ -26,6 +26,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from deepresearch.search.synonyms import LAY_TERMS
 from deepresearch.tools.base import Source
 
 T = TypeVar("T")
@@ -147,7 +148,10 @@ def fts_query(text: str) -> str:
     normal = "".join(c for c in decomposed if not unicodedata.combining(c))
     words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in _STOPWORDS)
     terms = list(dict.fromkeys(words))[:_MAX_TERMS]  # dict: dedupe, keep order
-    return " OR ".join(f'"{t}"' for t in terms)
+    # A clinical term also finds its consumer-health phrase ("hypertension": the
+    # NIH's pages say "high blood pressure"), as one quoted phrase.
+    phrases = [words for term, words in LAY_TERMS.items() if term in " ".join(terms)]
+    return " OR ".join([f'"{t}"' for t in terms] + [f'"{p}"' for p in phrases])
 
 
 class EvidenceIndex:
