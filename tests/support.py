@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,15 @@ import httpx
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, Message, NativeToolCall, estimate_tokens
+from deepresearch.llm.base import (
+    BackendState,
+    CallContext,
+    Message,
+    NativeToolCall,
+    Piece,
+    estimate_tokens,
+)
+from deepresearch.llm.signals import BackendSignals
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR = ROOT / "bench" / "llm_simulator.py"
@@ -209,11 +217,21 @@ class ScriptedModel:
         self.calls: list[list[Message]] = []
         self.settings: list[GenerationSettings] = []
         self.tools: list[Sequence[dict[str, Any]] | None] = []
+        self.contexts: list[CallContext] = []
+        self.counted: list[CallContext] = []
+        self.up = True  # what a health probe finds
 
     def states(self) -> list[BackendState]:
         return [BackendState("scripted", "scripted", True, None)]
 
-    async def count_tokens(self, messages: Sequence[Message]) -> int:
+    async def probe(self) -> bool:
+        return self.up
+
+    async def signals(self) -> BackendSignals | None:
+        return None
+
+    async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
+        self.counted.append(call)
         return estimate_tokens(messages)
 
     async def stream(
@@ -221,11 +239,14 @@ class ScriptedModel:
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
+        *,
+        call: CallContext,
         tools: Sequence[dict[str, Any]] | None = None,
-    ) -> AsyncIterator[str | NativeToolCall]:
+    ) -> AsyncGenerator[Piece, None]:
         self.calls.append([m.copy() for m in messages])  # snapshots: the agent may edit later
         self.settings.append(settings)
         self.tools.append(tools)
+        self.contexts.append(call)
         if not self._replies:
             raise BackendError("the script has no more replies")
         reply = self._replies.pop(0)

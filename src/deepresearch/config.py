@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from deepresearch.errors import ConfigurationError
@@ -41,10 +48,17 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: str = "EMPTY"
     llm_timeout: float = Field(default=120.0, gt=0, description="seconds of backend silence")
+    # One budget per model call: retries after the first attempt, and seconds in all.
     llm_retries: int = Field(default=2, ge=0, le=10)
+    llm_retry_seconds: float = Field(default=600.0, gt=0)
+    # How often each backend's call limit is reconsidered (``auto``) and health probed.
+    llm_control_seconds: float = Field(default=2.0, gt=0)
 
-    # Admission control.
-    max_concurrent: int = Field(default=3, ge=1, le=1024)
+    # Admission control. ``auto``: session slots follow the sum of the backends'
+    # adaptive call limits, within MIN..MAX; a number is a fixed cap.
+    max_concurrent: int | Literal["auto"] = Field(default="auto")
+    max_concurrent_min: int = Field(default=2, ge=1, le=1024)
+    max_concurrent_max: int = Field(default=64, ge=1, le=1024)
     max_queue: int = Field(default=100, ge=0, le=100_000)
     queue_timeout: float = Field(default=300.0, gt=0)
     disconnect_grace: float = Field(default=60.0, ge=0)
@@ -117,6 +131,25 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown search backend(s) {unknown}; choose from {sorted(allowed)}")
         return names or ["auto"]
 
+    @field_validator("max_concurrent")
+    @classmethod
+    def _cap_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError("must be 'auto' or a number from 1 to 1024")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Settings:
+        if self.max_concurrent_min > self.max_concurrent_max:
+            raise ValueError(
+                "DEEPRESEARCH_MAX_CONCURRENT_MIN must not exceed DEEPRESEARCH_MAX_CONCURRENT_MAX"
+            )
+        return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_concurrent == "auto"
+
     @property
     def offline(self) -> bool:
         return not self.llm_url
@@ -139,7 +172,6 @@ class Settings(BaseSettings):
             max_rounds=self.max_rounds,
             max_run_seconds=self.max_run_seconds,
             context_tokens=self.context_tokens,
-            retries=self.llm_retries,
         )
 
 
@@ -176,7 +208,6 @@ class AgentTemplate(BaseModel):
     max_rounds: int = 100
     max_run_seconds: float = 1800.0
     context_tokens: int = 110_000  # prompt + reply must fit in this
-    retries: int = 2  # of a model reply that failed part-way
 
     def for_request(self, **overrides: float | int | None) -> AgentTemplate:
         """A copy with this request's generation settings; the template is untouched."""

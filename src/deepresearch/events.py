@@ -75,10 +75,11 @@ class ToolError(BaseEvent):
 
 
 class FinalAnswerChunk(BaseEvent):
-    """``content`` is the answer so far."""
+    """``content`` is the answer so far; ``delta`` the part new since the last one sent."""
 
     type: Literal["final_answer_chunk"] = "final_answer_chunk"
     is_streaming: bool = True
+    delta: str = ""
 
 
 class Citation(BaseModel):

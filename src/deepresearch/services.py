@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -20,7 +21,9 @@ from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
 from deepresearch.llm.pool import BackendPool
+from deepresearch.llm.retry import RetryPolicy
 from deepresearch.runtime.admission import Admission
+from deepresearch.runtime.capacity import Capacity
 from deepresearch.runtime.manager import SessionManager
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.search import EvidenceIndex
@@ -76,6 +79,8 @@ class Services:
     manager: SessionManager
     index: EvidenceIndex
     model: ChatModel | None
+    pool: BackendPool | None  # the backends behind ``model``, when it was built here
+    capacity: Capacity
     page_client: httpx.AsyncClient  # for untrusted URLs: SSRF-guarded, no cookies
     sandbox: Sandbox
     index_state: IndexState = field(default_factory=IndexState)
@@ -153,10 +158,13 @@ async def choose_search_backends(
     return chosen
 
 
-def build_model(settings: Settings, client: httpx.AsyncClient) -> ChatModel | None:
+def build_model(
+    settings: Settings, client: httpx.AsyncClient
+) -> tuple[ChatModel | None, BackendPool | None]:
+    """The configured backends as one model: retries around a pool (of one or more)."""
     if settings.offline:
-        return None
-    backends: list[ChatModel] = [
+        return None, None
+    members = [
         OpenAICompatibleModel(
             client,
             url,
@@ -166,8 +174,12 @@ def build_model(settings: Settings, client: httpx.AsyncClient) -> ChatModel | No
         )
         for url in settings.llm_url
     ]
-    inner: ChatModel = backends[0] if len(backends) == 1 else BackendPool(backends)
-    return RetryingModel(inner, retries=settings.llm_retries)
+    fixed = settings.max_concurrent if isinstance(settings.max_concurrent, int) else None
+    pool = BackendPool(members, limit=fixed)
+    policy = RetryPolicy(
+        attempts=settings.llm_retries + 1, total_seconds=settings.llm_retry_seconds
+    )
+    return RetryingModel(pool, policy), pool
 
 
 async def build_index(services: Services) -> None:
@@ -191,6 +203,17 @@ async def build_index(services: Services) -> None:
     finally:
         state.building = False
         state.ready.set()
+
+
+async def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+    """Run ``work`` until the stack closes, then cancel it and wait for it."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(stop)
 
 
 @asynccontextmanager
@@ -217,8 +240,12 @@ async def open_services(
         stack.push_async_callback(store.close)
         index = EvidenceIndex(settings.index_path)
         stack.callback(index.close)
-        admission = Admission(settings.max_concurrent, settings.max_queue)
-        metrics = Metrics(admission)
+        admission = Admission(Capacity.initial_slots(settings), settings.max_queue)
+        pool: BackendPool | None = None
+        if model is None:
+            model, pool = build_model(settings, client)
+        capacity = Capacity(settings, admission, pool)
+        metrics = Metrics(admission, model.states if model is not None else list)
         services: Services
 
         def make_agent(session_id: str, config: AgentTemplate) -> Agent:
@@ -233,7 +260,9 @@ async def open_services(
             metrics=metrics,
             manager=manager,
             index=index,
-            model=model if model is not None else build_model(settings, client),
+            model=model,
+            pool=pool,
+            capacity=capacity,
             page_client=page_client,
             sandbox=unprivileged_sandbox(),
         )
@@ -247,6 +276,7 @@ async def open_services(
         services.tools = tools_factory(services)
         await manager.open()
         stack.push_async_callback(manager.close)
+        await _background(stack, capacity.run(), "capacity")
         services.index_state.building = True  # until the first build has finished
         builder = asyncio.create_task(build_index(services))
         if not index_in_background:

@@ -20,7 +20,7 @@ from deepresearch.events import (
     ToolError,
     ToolResult,
 )
-from deepresearch.llm.base import NativeToolCall, estimate_tokens
+from deepresearch.llm.base import CallContext, NativeToolCall, StartOver, estimate_tokens
 from deepresearch.tools.base import Source, Tool, ToolContext, ToolOutput
 from tests.support import ScriptedModel
 
@@ -228,21 +228,25 @@ async def test_context_overflow_without_an_answer_ends_with_no_answer_and_trims_
     assert len(model.calls) == 2  # exactly one last call, no more
 
 
-async def test_a_reply_failing_part_way_is_asked_for_again() -> None:
-    broken: list[str | NativeToolCall | Exception] = ["<think>half a thou", BackendError("reset")]
-    model = ScriptedModel([broken, ANSWER])
-    events = await run(agent(model))
+async def test_a_reply_restarted_part_way_starts_its_text_afresh() -> None:
+    restarted: list[str | NativeToolCall | Exception | StartOver] = [
+        "<think>half a thou",
+        StartOver("reset"),
+        "<think>A whole thought.</think><answer>Done [1].</answer>",
+    ]
+    events = await run(agent(ScriptedModel([restarted])))  # type: ignore[list-item]
     assert events[-1].type == "completed"
-    assert len(model.calls) == 2
+    thoughts = [e for e in events if isinstance(e, Thinking)]
+    assert thoughts[-1].content == "A whole thought."
+    assert all("half" not in e.content for e in events if isinstance(e, FinalAnswer))
 
 
-async def test_retries_are_bounded_then_the_failure_is_raised() -> None:
-    failing: list[str | NativeToolCall | Exception] = ["partial", BackendError("down")]
-    model = ScriptedModel([failing, failing, failing])
-    config = AgentTemplate(retries=2)
-    with pytest.raises(BackendError):
-        await run(ReactAgent("sid-1", model, {}, config))
-    assert len(model.calls) == 3
+async def test_every_model_call_names_its_session_and_purpose() -> None:
+    model = ScriptedModel([SEARCH_CALL, ANSWER])
+    config = AgentTemplate(context_tokens=9_000)  # near the budget: tokens are counted
+    await run(ReactAgent("sid-1", model, {"search": FakeSearch()}, config))
+    assert [(c.session_id, c.purpose) for c in model.contexts] == [("sid-1", "round")] * 2
+    assert model.counted and all(c == CallContext("sid-1", "count") for c in model.counted)
 
 
 async def test_native_function_calling_round_trip() -> None:

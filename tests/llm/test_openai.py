@@ -9,10 +9,12 @@ import pytest
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm import OpenAICompatibleModel, RetryingModel
-from deepresearch.llm.base import Message, NativeToolCall
+from deepresearch.llm import OpenAICompatibleModel
+from deepresearch.llm.base import CallContext, Message, NativeToolCall
 
 MESSAGES: list[Message] = [{"role": "user", "content": "How is asthma treated?"}]
+ROUND = CallContext("sid-1", "round")
+COUNT = CallContext("sid-1", "count")
 
 
 def sse(*chunks: dict[str, object]) -> bytes:
@@ -29,10 +31,11 @@ def model_with(handler: httpx.MockTransport, **options: object) -> OpenAICompati
     return OpenAICompatibleModel(client, "http://llm.test/v1", **options)  # type: ignore[arg-type]
 
 
-async def collect(model: OpenAICompatibleModel | RetryingModel, **kw: object) -> list[object]:
+async def collect(model: OpenAICompatibleModel, **kw: object) -> list[object]:
+    stop = ["<tool_response>"]
     return [
         piece
-        async for piece in model.stream(MESSAGES, GenerationSettings(), ["<tool_response>"], **kw)  # type: ignore[arg-type]
+        async for piece in model.stream(MESSAGES, GenerationSettings(), stop, call=ROUND, **kw)  # type: ignore[arg-type]
     ]
 
 
@@ -87,25 +90,15 @@ async def test_http_errors_and_timeouts_become_backend_errors() -> None:
         await collect(model_with(httpx.MockTransport(hang), model="m"))
 
 
-async def test_retrying_model_retries_only_before_the_first_piece() -> None:
-    attempts = []
-
-    def flaky(request: httpx.Request) -> httpx.Response:
-        attempts.append(1)
-        if len(attempts) == 1:
-            return httpx.Response(503)
-        return httpx.Response(200, content=sse(delta(content="ok")))
-
-    model = RetryingModel(model_with(httpx.MockTransport(flaky), model="m"), retries=2, backoff=0)
-    assert await collect(model) == ["ok"] and len(attempts) == 2
-
-
 async def test_tokenize_is_used_when_offered_and_estimated_otherwise() -> None:
     def vllm(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/tokenize"
         return httpx.Response(200, json={"count": 1234, "max_model_len": 131072})
 
-    assert await model_with(httpx.MockTransport(vllm), model="m").count_tokens(MESSAGES) == 1234
+    assert (
+        await model_with(httpx.MockTransport(vllm), model="m").count_tokens(MESSAGES, call=COUNT)
+        == 1234
+    )
 
     asked = []
 
@@ -114,8 +107,8 @@ async def test_tokenize_is_used_when_offered_and_estimated_otherwise() -> None:
         return httpx.Response(404)
 
     model = model_with(httpx.MockTransport(plain), model="m")
-    first = await model.count_tokens(MESSAGES)
-    second = await model.count_tokens(MESSAGES)
+    first = await model.count_tokens(MESSAGES, call=COUNT)
+    second = await model.count_tokens(MESSAGES, call=COUNT)
     assert first == second > 0
     assert asked == ["/tokenize"]  # learned once that this backend cannot tokenize
 
@@ -138,5 +131,80 @@ async def test_a_passing_tokenize_failure_does_not_switch_the_tokenizer_off() ->
         return next(answers)
 
     model = model_with(httpx.MockTransport(flaky), model="m")
-    assert await model.count_tokens(MESSAGES) > 0  # estimated this once
-    assert await model.count_tokens(MESSAGES) == 77
+    assert await model.count_tokens(MESSAGES, call=COUNT) > 0  # estimated this once
+    assert await model.count_tokens(MESSAGES, call=COUNT) == 77
+
+
+async def test_reasoning_content_comes_back_as_think_text() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            content=sse(
+                delta(reasoning_content="Steroids "),
+                delta(reasoning_content="first."),
+                delta(content="<answer>Inhaled steroids.</answer>"),
+            ),
+        )
+
+    pieces = await collect(model_with(httpx.MockTransport(handle), model="m"))
+    assert "".join(str(p) for p in pieces) == (
+        "<think>Steroids first.</think><answer>Inhaled steroids.</answer>"
+    )
+
+
+async def test_a_reply_of_reasoning_only_still_closes_its_think_block() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(delta(reasoning_content="hmm")))
+
+    pieces = await collect(model_with(httpx.MockTransport(handle), model="m"))
+    assert "".join(str(p) for p in pieces) == "<think>hmm</think>"
+
+
+async def test_credentials_in_the_url_are_never_shown() -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, text="down")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fail))
+    model = OpenAICompatibleModel(client, "http://user:s3cret@llm.test:8000/v1?key=k", model="m")
+    with pytest.raises(BackendError) as raised:
+        await collect(model)
+    assert "s3cret" not in str(raised.value) and "key=k" not in str(raised.value)
+    assert model.states()[0].url == "http://llm.test:8000/v1"
+
+
+async def test_vllm_metrics_are_read_and_other_backends_are_asked_once() -> None:
+    page = "\n".join(
+        [
+            "# TYPE vllm:num_requests_waiting gauge",
+            'vllm:num_requests_waiting{model_name="m"} 3.0',
+            "# TYPE vllm:num_requests_running gauge",
+            'vllm:num_requests_running{model_name="m"} 12.0',
+            "# TYPE vllm:gpu_cache_usage_perc gauge",
+            'vllm:gpu_cache_usage_perc{model_name="m"} 0.5',
+            "# TYPE vllm:num_preemptions_total counter",
+            'vllm:num_preemptions_total{model_name="m"} 7.0',
+            "",
+        ]
+    )
+
+    def vllm(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/metrics"
+        return httpx.Response(200, text=page)
+
+    signals = await model_with(httpx.MockTransport(vllm), model="m").signals()
+    assert signals is not None
+    assert (signals.waiting, signals.running, signals.kv_usage, signals.preemptions) == (
+        3.0,
+        12.0,
+        0.5,
+        7.0,
+    )
+    asked = []
+
+    def llama(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(404)
+
+    plain = model_with(httpx.MockTransport(llama), model="m")
+    assert await plain.signals() is None and await plain.signals() is None
+    assert asked == ["/metrics"]

@@ -11,7 +11,7 @@ import pytest
 
 from deepresearch.config import GenerationSettings, Settings
 from deepresearch.events import parse_event
-from deepresearch.llm.base import BackendState, Message
+from deepresearch.llm.base import BackendState, CallContext, Message
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.services import Services, open_services
 from tests.support import ScriptedModel, write_corpus
@@ -25,7 +25,7 @@ class SilentModel:
     def states(self) -> list[BackendState]:
         return []
 
-    async def count_tokens(self, messages: Sequence[Message]) -> int:
+    async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         return 1
 
     async def stream(
@@ -33,6 +33,8 @@ class SilentModel:
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
+        *,
+        call: CallContext,
         tools: object = None,
     ) -> AsyncIterator[str]:
         await asyncio.Event().wait()

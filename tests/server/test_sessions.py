@@ -307,7 +307,8 @@ async def test_a_dead_backend_in_the_list_is_passed_over(
     make_settings: MakeSettings, sim: Process
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    settings = make_settings(llm_url=[dead, sim.url], llm_model="sim-model")
+    # Failing over is a second attempt of the call's one budget.
+    settings = make_settings(llm_url=[dead, sim.url], llm_model="sim-model", llm_retries=1)
     async with running_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
         for n in range(3):
             result = await stream(client, {"question": f"tok-pool{n}"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from deepresearch.events import Event
@@ -11,7 +11,7 @@ from deepresearch.events import Event
 class Agent(Protocol):
     """One research run. Built fresh for every session, never shared."""
 
-    def run(self, question: str) -> AsyncIterator[Event]:
+    def run(self, question: str) -> AsyncGenerator[Event, None]:
         """Yield the run's events, ending with ``completed`` or ``no_answer``.
 
         Errors that end the session are raised (``SessionFailure``); the runtime

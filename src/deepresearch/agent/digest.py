@@ -9,7 +9,7 @@ labelled as quotations, not a synthesis.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 import anyio.to_thread
 
@@ -64,7 +64,7 @@ class EvidenceDigestAgent:
         self._tools = ToolRunner(session_id, tools)
         self._context = ToolContext(session_id)
 
-    async def run(self, question: str) -> AsyncIterator[Event]:
+    async def run(self, question: str) -> AsyncGenerator[Event, None]:
         sid = self.session_id
         parsed = Question.parse(question)
         queries = parsed.variants()

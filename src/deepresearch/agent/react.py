@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -16,7 +16,6 @@ from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_fa
 from deepresearch.agent.prompt import FINAL_CALL
 from deepresearch.agent.tooling import ToolRunner
 from deepresearch.config import AgentTemplate, GenerationSettings
-from deepresearch.errors import BackendError
 from deepresearch.events import (
     Completed,
     Event,
@@ -26,7 +25,15 @@ from deepresearch.events import (
     RoundStart,
     Thinking,
 )
-from deepresearch.llm.base import ChatModel, Message, NativeToolCall, estimate_tokens
+from deepresearch.llm.base import (
+    CallContext,
+    ChatModel,
+    Message,
+    NativeToolCall,
+    Piece,
+    StartOver,
+    estimate_tokens,
+)
 from deepresearch.tools.base import Tool, ToolContext
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,6 @@ log = logging.getLogger(__name__)
 # At most one streamed event per session this often, so a fast backend cannot
 # flood clients; the last piece of a reply is always sent.
 STREAM_INTERVAL = 0.05
-RETRY_BACKOFF = 0.5
 # Room kept for the final-call instruction itself, in tokens.
 FINAL_CALL_RESERVE = 128
 MIN_FINAL_REPLY = 256
@@ -82,8 +88,10 @@ class ReactAgent:
         self._dialect: Dialect = dialect_for(config.protocol)
         self._today = today or date.today()
         self._context = ToolContext(session_id)
+        self._round_call = CallContext(session_id, "round")
+        self._count_call = CallContext(session_id, "count")
 
-    async def run(self, question: str) -> AsyncIterator[Event]:
+    async def run(self, question: str) -> AsyncGenerator[Event, None]:
         sid = self.session_id
         dialect = self._dialect
         messages: list[Message] = [
@@ -100,7 +108,7 @@ class ReactAgent:
                 )
                 return
             reply = _Reply()
-            async for event in self._reply_with_retries(messages, settings, round_number, reply):
+            async for event in self._stream_reply(messages, settings, round_number, reply):
                 yield event
             messages.append(dialect.assistant_message(reply.text, reply.calls))
             parsed = dialect.parse(reply.text, reply.calls)
@@ -151,13 +159,13 @@ class ReactAgent:
         # a prompt that could be near the budget is worth a tokenizer round trip.
         if estimate_tokens(messages) * ESTIMATE_SLACK + settings.max_tokens <= budget:
             return settings, False
-        room = budget - await self._model.count_tokens(messages)
+        room = budget - await self._model.count_tokens(messages, call=self._count_call)
         if room >= settings.max_tokens:
             return settings, False
         if room >= MIN_RESEARCH_REPLY:
             return settings.model_copy(update={"max_tokens": room}), False
         messages.append({"role": "user", "content": FINAL_CALL})
-        used = await self._model.count_tokens(messages)
+        used = await self._model.count_tokens(messages, call=self._count_call)
         # Oldest first; never the system prompt, the question, or the instruction itself.
         for message in messages[2:-1]:
             if budget - used - FINAL_CALL_RESERVE >= MIN_FINAL_REPLY:
@@ -165,31 +173,11 @@ class ReactAgent:
             shorter = _shortened(message)
             if shorter != message["content"]:
                 message["content"] = shorter
-                used = await self._model.count_tokens(messages)
+                used = await self._model.count_tokens(messages, call=self._count_call)
         room = budget - used - FINAL_CALL_RESERVE
         if room < MIN_FINAL_REPLY:
             return None, True
         return settings.model_copy(update={"max_tokens": min(settings.max_tokens, room)}), True
-
-    async def _reply_with_retries(
-        self,
-        messages: list[Message],
-        settings: GenerationSettings,
-        round_number: int,
-        reply: _Reply,
-    ) -> AsyncIterator[Event]:
-        """One model reply; a reply that fails part-way is asked for again (bounded)."""
-        for attempt in range(self._config.retries + 1):
-            reply.text, reply.calls, reply.shown_answer = "", [], None
-            try:
-                async for event in self._stream_reply(messages, settings, round_number, reply):
-                    yield event
-                return
-            except BackendError as exc:
-                if attempt == self._config.retries or not exc.retryable:
-                    raise
-                log.warning("[session %s] model reply failed; retrying", self.session_id[:8])
-            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
 
     async def _stream_reply(
         self,
@@ -198,13 +186,32 @@ class ReactAgent:
         round_number: int,
         reply: _Reply,
     ) -> AsyncIterator[Event]:
-        """Stream one model reply as coalesced events, filling ``reply``."""
+        """Stream one model reply as coalesced events, filling ``reply``.
+
+        The model stream is closed on every way out, cancellation included, so the
+        backend stops generating for nobody at once.
+        """
+        async with aclosing(
+            self._model.stream(
+                messages,
+                settings,
+                self._dialect.stop,
+                call=self._round_call,
+                tools=self._dialect.tool_schemas(self._tools.tools),
+            )
+        ) as stream:
+            async for event in self._coalesce(stream, round_number, reply):
+                yield event
+
+    async def _coalesce(
+        self,
+        stream: AsyncGenerator[Piece, None],
+        round_number: int,
+        reply: _Reply,
+    ) -> AsyncIterator[Event]:
         sid = self.session_id
         shown_reasoning = ""
         last_sent = 0.0
-        stream = self._model.stream(
-            messages, settings, self._dialect.stop, self._dialect.tool_schemas(self._tools.tools)
-        )
         pieces = aiter(stream)
         finished = False
         while not finished:
@@ -213,6 +220,12 @@ class ReactAgent:
             except StopAsyncIteration:
                 finished = True
             else:
+                if isinstance(piece, StartOver):
+                    # The call failed part-way and is being asked again: what was
+                    # shown is void; the next events start the round's text afresh.
+                    reply.text, reply.calls, reply.shown_answer = "", [], None
+                    shown_reasoning = ""
+                    continue
                 if isinstance(piece, NativeToolCall):
                     reply.calls.append(piece)
                     continue

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import httpx
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, Message, NativeToolCall, estimate_tokens
+from deepresearch.llm.base import (
+    BackendState,
+    CallContext,
+    Message,
+    NativeToolCall,
+    Piece,
+    estimate_tokens,
+    public_url,
+)
+from deepresearch.llm.signals import BackendSignals, parse_vllm_metrics
 
-# Answers meaning "this backend has no /tokenize": stop asking it.
-NO_TOKENIZER = frozenset({404, 405, 501})
+# Answers meaning "this backend has no /tokenize" (or /metrics): stop asking it.
+NOT_OFFERED = frozenset({404, 405, 501})
 
 
 class OpenAICompatibleModel:
@@ -41,13 +50,54 @@ class OpenAICompatibleModel:
         self._last_error: str | None = None
         # vLLM serves /tokenize beside /v1; None until we know whether this backend does.
         self._tokenizes: bool | None = None
+        self._has_metrics: bool | None = None
+        # Shown and logged instead of base_url, which may carry credentials.
+        self.name = public_url(self.base_url)
+
+    @property
+    def root(self) -> str:
+        """Where vLLM serves /tokenize and /metrics: beside /v1."""
+        return self.base_url.removesuffix("/v1")
 
     def states(self) -> list[BackendState]:
-        return [BackendState(self.base_url, self._model, self._healthy, self._last_error)]
+        return [BackendState(self.name, self._model, self._healthy, self._last_error)]
 
     def _failed(self, message: str, *, retryable: bool = True) -> BackendError:
-        self._healthy, self._last_error = False, message
-        return BackendError(f"LLM backend {self.base_url}: {message}", retryable=retryable)
+        if retryable:  # a refused request says nothing about the backend's health
+            self._healthy, self._last_error = False, message
+        return BackendError(f"LLM backend {self.name}: {message}", retryable=retryable)
+
+    async def probe(self) -> bool:
+        """Whether the backend answers ``GET /models`` now."""
+        try:
+            response = await self._client.get(
+                f"{self.base_url}/models", headers=self._headers, timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            self._healthy, self._last_error = False, f"probe: {type(exc).__name__}"
+            return False
+        self._healthy = response.status_code < 500
+        self._last_error = None if self._healthy else f"probe: HTTP {response.status_code}"
+        return self._healthy
+
+    async def signals(self) -> BackendSignals | None:
+        """vLLM's load figures from ``GET /metrics``; None where it has none."""
+        if self._has_metrics is False:
+            return None
+        try:
+            response = await self._client.get(
+                f"{self.root}/metrics", headers=self._headers, timeout=self._timeout
+            )
+        except httpx.HTTPError:
+            return None
+        if response.status_code in NOT_OFFERED:
+            self._has_metrics = False
+            return None
+        if response.status_code >= 400:
+            return None
+        found = parse_vllm_metrics(response.text)
+        self._has_metrics = found is not None
+        return found
 
     async def model_name(self) -> str:
         if self._model is None:
@@ -61,19 +111,18 @@ class OpenAICompatibleModel:
                 raise self._failed(f"could not list models ({exc!r})") from exc
         return self._model
 
-    async def count_tokens(self, messages: Sequence[Message]) -> int:
+    async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         """The backend's own count via vLLM's ``POST /tokenize``; an estimate elsewhere."""
         if self._tokenizes is False:
             return estimate_tokens(messages)
-        root = self.base_url.removesuffix("/v1")
         try:
             response = await self._client.post(
-                f"{root}/tokenize",
+                f"{self.root}/tokenize",
                 json={"model": await self.model_name(), "messages": list(messages)},
                 headers=self._headers,
                 timeout=self._timeout,
             )
-            if response.status_code in NO_TOKENIZER:
+            if response.status_code in NOT_OFFERED:
                 self._tokenizes = False
                 return estimate_tokens(messages)
             response.raise_for_status()
@@ -89,8 +138,13 @@ class OpenAICompatibleModel:
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
+        *,
+        call: CallContext,
         tools: Sequence[dict[str, Any]] | None = None,
-    ) -> AsyncIterator[str | NativeToolCall]:
+    ) -> AsyncGenerator[Piece, None]:
+        """The reply's pieces. vLLM's reasoning parsers move the reasoning out of
+        ``content`` into ``reasoning_content``: it comes back as ``<think>`` text,
+        so everything downstream reads one format."""
         body: dict[str, Any] = {
             "model": await self.model_name(),
             "messages": list(messages),
@@ -101,6 +155,7 @@ class OpenAICompatibleModel:
         if tools:
             body["tools"] = list(tools)
         calls = _ToolCallAccumulator()
+        thinking = False
         try:
             async with self._client.stream(
                 "POST",
@@ -121,17 +176,24 @@ class OpenAICompatibleModel:
                     if problem is not None:
                         raise self._failed(f"error in the stream: {problem}")
                     delta = _delta_of(line)
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if reasoning:
+                        yield str(reasoning) if thinking else "<think>" + str(reasoning)
+                        thinking = True
                     piece = delta.get("content")
                     if piece:
-                        yield str(piece)
+                        yield "</think>" + str(piece) if thinking else str(piece)
+                        thinking = False
                     calls.add(delta.get("tool_calls"))
         except httpx.TimeoutException as exc:
             raise self._failed("timed out") from exc
         except httpx.HTTPError as exc:
             raise self._failed(f"{type(exc).__name__}: {exc}") from exc
+        if thinking:
+            yield "</think>"
         self._healthy, self._last_error = True, None
-        for call in calls.finished():
-            yield call
+        for native in calls.finished():
+            yield native
 
 
 def _payload_of(line: str) -> dict[str, Any]:

@@ -1,56 +1,223 @@
-"""Several OpenAI-compatible backends behind one ``ChatModel``, with failover.
+"""The backends behind one ``ChatModel``: affinity, load, health, and a gate each.
 
-Calls are spread round-robin; a call that fails before its first piece of text
-moves on to the next backend. (Adapting how many calls each backend gets to
-what it can take is the next step; this keeps the same interface for it.)
+Routing is the pool's one policy. A session's calls go to the backend that
+holds its prompt's prefix in cache (its *home*) while that backend is up and has
+room; a session without a home, or whose home is down or full while another has
+room, goes to the least-loaded backend that is up, which becomes its home.
+Every call passes its backend's ``CallLimiter``, so whatever makes the call
+(a round, a page summary) counts against that backend's limit.
+
+A failed backend is avoided for a backoff that doubles with each failure in a
+row (with jitter), until a health probe or a call succeeds. The pool itself
+never retries: ``RetryingModel`` above it does, and its next attempt lands on
+another backend because this one is now down.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import asyncio
+import random
+import statistics
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Any, Protocol
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, ChatModel, Message, NativeToolCall
+from deepresearch.llm.base import BackendState, CallContext, ChatModel, Message, Piece
+from deepresearch.llm.limits import CallLimiter, Reading
+from deepresearch.llm.signals import BackendSignals
+
+HOMES_KEPT = 10_000  # sessions whose backend the pool remembers
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+LATENCY_WINDOW = 64  # recent calls whose latency a reading summarises
+
+
+class PoolMember(ChatModel, Protocol):
+    """A backend the pool can watch as well as call."""
+
+    async def probe(self) -> bool:
+        """Whether it answers now."""
+        ...
+
+    async def signals(self) -> BackendSignals | None:
+        """Its own load figures, where it reports them."""
+        ...
+
+
+class Backend:
+    """One member of the pool, with its gate, health and recent latency."""
+
+    def __init__(self, model: PoolMember, limit: int | None) -> None:
+        self.model = model
+        self.limiter = CallLimiter(limit)
+        self.down_until = 0.0  # monotonic seconds; avoided before then
+        self.failures = 0  # in a row
+        self.recovered = False  # came back since the last reading
+        self.sessions = 0  # sessions whose home it is
+        self.signals: BackendSignals | None = None
+        self.ttft: float | None = None  # of the latest call, seconds
+        self._ttfts: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._gaps: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def up(self, now: float) -> bool:
+        return self.failures == 0 or now >= self.down_until
+
+    @property
+    def busy(self) -> bool:
+        return self.limiter.full or self.limiter.waiting > 0
+
+    def load(self) -> float:
+        """Work per unit of room: in-flight and waiting calls (ours and, from its
+        metrics, everyone's) over the limit, plus the share of KV cache in use."""
+        queued: float = self.limiter.in_flight + self.limiter.waiting
+        if self.signals is not None:
+            queued += self.signals.waiting
+        room = self.limiter.limit or 16
+        kv = self.signals.kv_usage if self.signals and self.signals.kv_usage else 0.0
+        return queued / room + kv
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self.failures - 1))
+        self.down_until = now + backoff * random.uniform(0.8, 1.2)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.recovered = True
+        self.failures = 0
+
+    def timed(self, ttft: float, gap: float | None) -> None:
+        self.ttft = ttft
+        self._ttfts.append(ttft)
+        if gap is not None:
+            self._gaps.append(gap)
+
+    def reading(self, demand: bool) -> Reading:
+        """Summarise the calls since the last reading, and start a new window."""
+        ttft = statistics.median(self._ttfts) if self._ttfts else None
+        gap = statistics.median(self._gaps) if self._gaps else None
+        self._ttfts.clear()
+        self._gaps.clear()
+        wants_room = demand or self.limiter.waiting > 0
+        return Reading(self.limiter.in_flight, wants_room, self.signals, ttft, gap)
 
 
 class BackendPool:
-    def __init__(self, backends: Sequence[ChatModel]) -> None:
-        if not backends:
+    def __init__(
+        self,
+        models: Sequence[PoolMember],
+        *,
+        limit: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not models:
             raise ValueError("a pool needs at least one backend")
-        self._backends = list(backends)
-        self._turn = itertools.count()
+        self.backends = [Backend(model, limit) for model in models]
+        self._clock = clock
+        self._homes: OrderedDict[str, Backend] = OrderedDict()
 
     def states(self) -> list[BackendState]:
-        return [state for backend in self._backends for state in backend.states()]
+        now = self._clock()
+        states = []
+        for backend in self.backends:
+            state = backend.model.states()[0]
+            signals = backend.signals
+            states.append(
+                replace(
+                    state,
+                    healthy=state.healthy if backend.up(now) else False,
+                    limit=backend.limiter.limit,
+                    in_flight=backend.limiter.in_flight,
+                    ttft_ms=None if backend.ttft is None else round(backend.ttft * 1000, 1),
+                    waiting=signals.waiting if signals else None,
+                    kv_usage=signals.kv_usage if signals else None,
+                )
+            )
+        return states
 
-    def _rotation(self) -> list[ChatModel]:
-        start = next(self._turn) % len(self._backends)
-        return self._backends[start:] + self._backends[:start]
+    def home_of(self, session_id: str) -> Backend | None:
+        return self._homes.get(session_id)
 
-    async def count_tokens(self, messages: Sequence[Message]) -> int:
-        return await self._rotation()[0].count_tokens(messages)
+    def choose(self, session_id: str | None) -> Backend:
+        """The backend for a call made on behalf of ``session_id``."""
+        now = self._clock()
+        up = [backend for backend in self.backends if backend.up(now)]
+        if not up:  # all down: try the one due back first rather than fail outright
+            up = [min(self.backends, key=lambda backend: backend.down_until)]
+        home = self._homes.get(session_id) if session_id else None
+        roomy = [backend for backend in up if not backend.busy]
+        if home is not None and home in up and (not home.busy or not roomy):
+            choice = home
+        else:
+            # Ties (idle backends) go to the one that is home to fewer sessions.
+            choice = min(roomy or up, key=lambda backend: (backend.load(), backend.sessions))
+        if session_id is not None and choice is not home:
+            if home is not None:
+                home.sessions -= 1
+            choice.sessions += 1
+            self._homes[session_id] = choice
+            if len(self._homes) > HOMES_KEPT:
+                _, forgotten = self._homes.popitem(last=False)
+                forgotten.sessions -= 1
+        if session_id is not None:
+            self._homes.move_to_end(session_id)
+        return choice
+
+    async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
+        """Counted by the session's own backend: its tokenizer, and no other's turn."""
+        backend = self._homes.get(call.session_id) if call.session_id else None
+        backend = backend or self.choose(call.session_id)
+        return await backend.model.count_tokens(messages, call=call)
 
     async def stream(
         self,
         messages: Sequence[Message],
         settings: GenerationSettings,
         stop: Sequence[str],
+        *,
+        call: CallContext,
         tools: Sequence[dict[str, Any]] | None = None,
-    ) -> AsyncIterator[str | NativeToolCall]:
-        failures: list[str] = []
-        for backend in self._rotation():
-            started = False
+    ) -> AsyncGenerator[Piece, None]:
+        backend = self.choose(call.session_id)
+        async with backend.limiter.held():
+            sent = self._clock()
+            first: float | None = None
+            last, pieces = sent, 0
             try:
-                async for piece in backend.stream(messages, settings, stop, tools):
-                    started = True
-                    yield piece
-                return
+                async with aclosing(
+                    backend.model.stream(messages, settings, stop, call=call, tools=tools)
+                ) as reply:
+                    async for piece in reply:
+                        last = self._clock()
+                        first = last if first is None else first
+                        pieces += 1
+                        yield piece
             except BackendError as exc:
-                # Once text has streamed the caller must decide; before, another may serve.
-                if started or not exc.retryable:
-                    raise
-                failures.append(str(exc))
-        raise BackendError("every LLM backend failed: " + "; ".join(failures))
+                if exc.retryable:  # a refused request says nothing about the backend
+                    backend.failed(self._clock())
+                raise
+            backend.succeeded()
+            if first is not None:
+                gap = (last - first) / (pieces - 1) if pieces > 1 else None
+                backend.timed(first - sent, gap)
+
+    async def refresh(self) -> None:
+        """Probe the backends that are down and due, read the others' metrics."""
+        await asyncio.gather(*(self._refresh(backend) for backend in self.backends))
+
+    async def _refresh(self, backend: Backend) -> None:
+        now = self._clock()
+        if backend.failures:
+            if now < backend.down_until:
+                return
+            if await backend.model.probe():
+                backend.succeeded()
+            else:
+                backend.failed(self._clock())
+                return
+        backend.signals = await backend.model.signals()

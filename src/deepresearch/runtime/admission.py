@@ -1,8 +1,13 @@
-"""Admission control: a fixed number of slots and a bounded FIFO queue.
+"""Admission control: a number of slots (resizable live) and a bounded FIFO queue.
 
 One observable object: ``/health`` and ``/metrics`` read its counters, and each
 ticket can watch its own queue position change. A freed slot is handed straight
 to the head of the queue (no barging), so order is strictly FIFO.
+
+The number of slots may change while sessions run (``resize``: with
+``DEEPRESEARCH_MAX_CONCURRENT=auto`` it follows what the backends can take).
+Growing hands the new slots to the queue's head at once; shrinking takes slots
+back only as their holders finish, never by stopping a running session.
 
 Every session holds one ``Ticket`` from the moment it is admitted until it
 ends; ``release(ticket)`` is idempotent and correct in every state, which is
@@ -55,6 +60,19 @@ class Admission:
     def saturated(self) -> bool:
         """Every slot is busy (the note's ``lock_acquired``)."""
         return self.busy >= self.max_concurrent
+
+    def resize(self, max_concurrent: int) -> None:
+        """Change the number of slots; waiting sessions get any that are free now."""
+        self.max_concurrent = max(1, max_concurrent)
+        while self._queue and self.busy < self.max_concurrent:
+            self.busy += 1
+            self._grant(self._queue.pop(0))
+        self._renumber()
+
+    def _grant(self, ticket: Ticket) -> None:
+        ticket.state, ticket.position = "holding", 0
+        ticket.changed.set()
+        ticket.granted.set()
 
     def admit(self, session_id: str) -> Ticket:
         """A slot now, or a place in the queue; ``Overloaded`` (nothing taken) when full.
@@ -116,11 +134,8 @@ class Admission:
             self._queue.remove(ticket)
             self._renumber()
         elif ticket.state == "holding":
-            if self._queue:
-                heir = self._queue.pop(0)
-                heir.state, heir.position = "holding", 0
-                heir.changed.set()
-                heir.granted.set()
+            if self._queue and self.busy <= self.max_concurrent:
+                self._grant(self._queue.pop(0))  # the slot passes straight on: no barging
                 self._renumber()
             else:
                 self.busy -= 1

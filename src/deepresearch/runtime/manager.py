@@ -13,6 +13,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -33,6 +34,7 @@ from deepresearch.events import (
     utc_now,
 )
 from deepresearch.runtime.admission import Admission, QueueTimeout, Ticket
+from deepresearch.runtime.deltas import ACCUMULATED, Compactor, WireView, since_of
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
@@ -93,6 +95,7 @@ class _LiveSession:
         self.cancel_reason = "cancelled"
         self.cancel_requested = False
         self.finishing: asyncio.Task[None] | None = None  # writing the terminal event
+        self.compactor = Compactor()  # streamed text is stored as deltas
 
     @property
     def tag(self) -> str:
@@ -263,62 +266,109 @@ class SessionManager:
         )
 
     async def follow(
-        self, session_id: str, after: int = 0, idle: float | None = None
+        self,
+        session_id: str,
+        after: int = 0,
+        idle: float | None = None,
+        *,
+        deltas: bool = False,
     ) -> AsyncIterator[StoredEvent | None]:
-        """The session's events after ``after``, live until the terminal one.
+        """The session's events after ``after`` as the wire carries them, live until
+        the terminal one (``deltas``: streamed text as pieces, see ``runtime.deltas``).
 
         Yields ``None`` when nothing happened for ``idle`` seconds (a transport
         sends a heartbeat then). Raises ``SessionNotFound`` before yielding.
         """
+        view = WireView(session_id, deltas=deltas)
         live = self._live.get(session_id)
         if live is None:
-            for event in await self._store.events(session_id, after):
-                yield event
+            for row in await self._read(view, session_id, after):
+                for sent in view.feed(row):
+                    yield sent
+            for sent in view.flush():
+                yield sent
             return
         listener = _Listener()
         self._attach(live, listener)
         try:
-            last = after
-            catch_up = True
-            while True:
-                if catch_up or listener.lagging:
-                    catch_up = listener.lagging = False
-                    while not listener.queue.empty():
-                        listener.queue.get_nowait()
-                    for event in await self._store.events(session_id, last):
-                        yield event
-                        last = event.seq
-                        if event.type in TERMINAL_TYPES:
-                            return
-                    if live.id not in self._live and listener.queue.empty():
-                        return  # it ended, and its terminal event never reached the store
-                try:
-                    async with asyncio.timeout(idle):
-                        event = await listener.queue.get()
-                except TimeoutError:
-                    if live.id not in self._live and listener.queue.empty():
-                        # Ended without a terminal reaching us (its write failed):
-                        # whatever the store has is all there will be.
-                        for event in await self._store.events(session_id, last):
-                            yield event
-                        return
-                    yield None
-                    continue
-                if event.seq <= last:
-                    if event.type in TERMINAL_TYPES:
-                        return  # the client had seen past the end already
-                    continue
-                if event.seq > last + 1:
-                    # A gap: an event was stored but not handed out (its writer was
-                    # cancelled between the two). The store has it, and this one too.
-                    listener.lagging = True
-                    continue
-                yield event
-                last = event.seq
-                if event.type in TERMINAL_TYPES:
-                    return
+            async for out in self._follow_live(live, listener, view, after, idle):
+                yield out
         finally:
             self._detach(live, listener)
+
+    async def _read(self, view: WireView, session_id: str, after: int) -> list[StoredEvent]:
+        """The stored rows after ``after``, with ``view`` primed by the earlier rows
+        its streamed text needs (the start of a reasoning round cut at ``after``)."""
+        rows = await self._store.events(session_id, after)
+        starts = []
+        for kind in ACCUMULATED:
+            first = next((row for row in rows if row.type == kind), None)
+            since = since_of(first) if first is not None else None
+            if since is not None and since <= after:
+                starts.append(since)
+        if starts:
+            earlier = await self._store.events(session_id, min(starts) - 1)
+            view.prime([row for row in earlier if row.seq <= after])
+        return rows
+
+    async def _follow_live(
+        self,
+        live: _LiveSession,
+        listener: _Listener,
+        view: WireView,
+        after: int,
+        idle: float | None,
+    ) -> AsyncIterator[StoredEvent | None]:
+        last = after  # the last row fed to the view
+        catch_up, primed = True, False
+        while True:
+            if catch_up or listener.lagging:
+                catch_up = listener.lagging = False
+                while not listener.queue.empty():
+                    listener.queue.get_nowait()
+                if primed:
+                    rows = await self._store.events(live.id, last)
+                else:
+                    rows, primed = await self._read(view, live.id, last), True
+                for row in rows:
+                    for out in view.feed(row):
+                        yield out
+                    last = row.seq
+                    if row.type in TERMINAL_TYPES:
+                        return
+                if live.id not in self._live and listener.queue.empty():
+                    for out in view.flush():
+                        yield out
+                    return  # it ended, and its terminal event never reached the store
+            try:
+                async with asyncio.timeout(idle):
+                    row = await listener.queue.get()
+            except TimeoutError:
+                if live.id not in self._live and listener.queue.empty():
+                    # Ended without a terminal reaching us (its write failed):
+                    # whatever the store has is all there will be.
+                    for row in await self._store.events(live.id, last):
+                        for out in view.feed(row):
+                            yield out
+                    for out in view.flush():
+                        yield out
+                    return
+                yield None
+                continue
+            if row.seq <= last:
+                if row.type in TERMINAL_TYPES:
+                    return  # the client had seen past the end already
+                continue
+            if row.seq > last + 1:
+                # A gap: an event was stored but not handed out (its writer was
+                # cancelled between the two). The store has it, and this one too.
+                listener.lagging = True
+                continue
+            for out in view.feed(row):
+                yield out
+            last = row.seq
+            if row.type in TERMINAL_TYPES:
+                return
 
     def _attach(self, live: _LiveSession, listener: _Listener) -> None:
         live.listeners.add(listener)
@@ -350,7 +400,7 @@ class SessionManager:
         self, live: _LiveSession, event: Event, changes: SessionChanges | None = None
     ) -> None:
         live.seq += 1
-        stored = StoredEvent(live.seq, event.type, event.model_dump_json())
+        stored = live.compactor.row(live.seq, event)
         await self._store.append(live.id, [stored], changes)
         self._fan_out(live, stored)
 
@@ -395,8 +445,12 @@ class SessionManager:
             )
             agent = self._agent_factory(sid, config)
             terminal = Error(session_id=sid, content="the agent stopped without an outcome")
-            async with asyncio.timeout(config.max_run_seconds):
-                async for event in agent.run(live.record.question):
+            async with (
+                asyncio.timeout(config.max_run_seconds),
+                # Closed on every way out, so the agent's model call is aborted at once.
+                aclosing(agent.run(live.record.question)) as events,
+            ):
+                async for event in events:
                     if event.type in TERMINAL_TYPES:
                         terminal = event
                         break

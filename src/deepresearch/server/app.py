@@ -90,15 +90,24 @@ async def start(request: Request, svc: Services, who: str | None) -> str:
     )
 
 
-def stream(svc: Services, session_id: str, after: int) -> StreamingResponse:
-    events = svc.manager.follow(session_id, after, idle=svc.settings.heartbeat_seconds)
+def stream(svc: Services, session_id: str, after: int, deltas: bool) -> StreamingResponse:
+    events = svc.manager.follow(
+        session_id, after, idle=svc.settings.heartbeat_seconds, deltas=deltas
+    )
     return StreamingResponse(sse_bytes(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+# ``?deltas=true``: streamed text (reasoning, the answer) as pieces in ``delta``, with
+# ``content`` empty, instead of the accumulated ``content`` the note's front end reads.
+Deltas = Annotated[bool, Query(description="stream reasoning and answer text as deltas only")]
+
+
 @router.post("/chat/stream")
-async def chat_stream(request: Request, svc: Svc, who: Owner) -> StreamingResponse:
+async def chat_stream(
+    request: Request, svc: Svc, who: Owner, deltas: Deltas = False
+) -> StreamingResponse:
     session_id = await start(request, svc, who)
-    return stream(svc, session_id, 0)
+    return stream(svc, session_id, 0, deltas)
 
 
 @router.post("/chat")
@@ -184,6 +193,7 @@ async def session_events(
     svc: Svc,
     who: Owner,
     last_event_id: Annotated[str | None, Header()] = None,
+    deltas: Deltas = False,
 ) -> StreamingResponse:
     await svc.manager.get(session_id, who)
     after = 0
@@ -193,7 +203,7 @@ async def session_events(
                 [{"loc": ("Last-Event-ID",), "msg": "must be an event sequence number"}]
             )
         after = int(last_event_id)
-    return stream(svc, session_id, after)
+    return stream(svc, session_id, after, deltas)
 
 
 @router.delete("/sessions/{session_id}")

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import re
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -13,7 +14,7 @@ import httpx
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError, ToolFailure
-from deepresearch.llm.base import ChatModel, Message
+from deepresearch.llm.base import CallContext, ChatModel, Message, StartOver
 from deepresearch.tools.base import Source, ToolContext, ToolOutput
 from deepresearch.tools.netguard import Resolver, system_resolver
 from deepresearch.tools.pages import fetch_page
@@ -121,7 +122,9 @@ class VisitTool:
 
     async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
         urls, goal = _parse_arguments(arguments)
-        visits = await asyncio.gather(*(self._visit(url, goal) for url in urls[: self._max_urls]))
+        visits = await asyncio.gather(
+            *(self._visit(url, goal, context.session_id) for url in urls[: self._max_urls])
+        )
         if all(visit.source is None for visit in visits):
             raise ToolFailure(
                 "no page could be read: " + "; ".join(f"{v.target}: {v.error}" for v in visits)
@@ -144,12 +147,12 @@ class VisitTool:
             text="\n=======\n".join(sections), summary=summary, sources=tuple(sources)
         )
 
-    async def _visit(self, target: str, goal: str) -> _Visit:
+    async def _visit(self, target: str, goal: str, session_id: str) -> _Visit:
         try:
             source, note = await self._read(target)
         except ToolFailure as exc:
             return _Visit(target, error=str(exc))
-        extraction = await self._extract(source, goal) if self._model is not None else None
+        extraction = await self._extract(source, goal, session_id) if self._model else None
         snippet = (extraction[1] if extraction else "") or source.text
         source = dataclasses.replace(source, snippet=snippet[:_SNIPPET_CHARS])
         return _Visit(target, source, note=note, extraction=extraction)
@@ -180,19 +183,27 @@ class VisitTool:
         )
         return source, note if page.truncated else ""
 
-    async def _extract(self, source: Source, goal: str) -> tuple[str, str] | None:
-        """The model's (evidence, summary) for the goal; None to show the raw text."""
+    async def _extract(self, source: Source, goal: str, session_id: str) -> tuple[str, str] | None:
+        """The model's (evidence, summary) for the goal; None to show the raw text.
+
+        The call is the session's own: it waits its turn under its backend's limit
+        like any round, so five pages at once never take five slots' worth unasked.
+        """
         assert self._model is not None
         prompt = EXTRACTOR_PROMPT.format(content=source.text[: self._max_chars], goal=goal)
         messages: list[Message] = [{"role": "user", "content": prompt}]
+        call = CallContext(session_id, "summary")
+        pieces: list[str] = []
         try:
-            async with asyncio.timeout(SUMMARY_SECONDS):
-                # No tools are offered, so every piece is text; anything else is skipped.
-                pieces = [
-                    piece
-                    async for piece in self._model.stream(messages, self._generation, ())
-                    if isinstance(piece, str)
-                ]
+            async with (
+                asyncio.timeout(SUMMARY_SECONDS),
+                aclosing(self._model.stream(messages, self._generation, (), call=call)) as reply,
+            ):
+                async for piece in reply:
+                    if isinstance(piece, StartOver):
+                        pieces.clear()
+                    elif isinstance(piece, str):  # no tools offered: anything else is noise
+                        pieces.append(piece)
         except (BackendError, TimeoutError):
             # The page was read; losing its summary should not lose the page.
             return None
