@@ -8,7 +8,7 @@ import pytest
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import CallContext, Message
+from deepresearch.llm.base import CallContext, Message, StartOver
 from deepresearch.llm.pool import BackendPool
 from deepresearch.llm.retry import RetryingModel, RetryPolicy
 from tests.support import ScriptedModel
@@ -142,3 +142,12 @@ async def test_refused_requests_do_not_mark_the_backend_down() -> None:
     with pytest.raises(BackendError, match="HTTP 400"):
         await reply(pool)
     assert pool.backends[0].failures == 0
+
+
+async def test_a_backend_killed_mid_stream_hands_the_reply_to_another() -> None:
+    dying = ScriptedModel([["half a rep", BackendError("connection reset")]])
+    spare = scripted(1, "whole")
+    model = RetryingModel(BackendPool([dying, spare]), RetryPolicy(attempts=2, first_backoff=0))
+    call = CallContext("s", "round")
+    got = [p async for p in model.stream(MESSAGES, GenerationSettings(), (), call=call)]
+    assert got[0] == "half a rep" and isinstance(got[1], StartOver) and got[2:] == ["whole0"]

@@ -108,3 +108,19 @@ async def test_position_reports_are_spaced_but_the_slot_is_never_held_back() -> 
     admission.release(ahead[2])  # mine holds the slot: no waiting out the interval
     await asyncio.wait_for(watcher, timeout=0.25)
     assert mine.state == "holding" and seen.empty()
+
+
+async def test_growing_hands_new_slots_to_the_queue_and_shrinking_waits_for_holders() -> None:
+    admission = Admission(max_concurrent=1, max_queue=5)
+    running = admission.admit("running")
+    waiting = [admission.admit(f"w{n}") for n in range(3)]
+    admission.resize(3)
+    assert [t.state for t in waiting] == ["holding", "holding", "waiting"]
+    assert waiting[2].position == 1 and admission.busy == 3
+    admission.resize(1)  # nobody running is stopped...
+    assert admission.busy == 3 and waiting[2].state == "waiting"
+    admission.release(running)  # ...but a freed slot is not handed on while over the limit
+    admission.release(waiting[0])
+    assert waiting[2].state == "waiting" and admission.busy == 1
+    admission.release(waiting[1])  # now within the limit: the slot passes straight on
+    assert waiting[2].state == "holding" and admission.busy == 1

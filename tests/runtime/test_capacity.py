@@ -1,0 +1,57 @@
+"""Capacity: session slots follow the backends' adaptive call limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deepresearch.config import Settings
+from deepresearch.llm.pool import BackendPool
+from deepresearch.llm.signals import BackendSignals
+from deepresearch.runtime.admission import Admission
+from deepresearch.runtime.capacity import Capacity
+from tests.support import ScriptedModel
+
+
+class Loaded(ScriptedModel):
+    """A backend whose /metrics say what the test sets."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.reading = BackendSignals(0, 0, 0.2, 0, None, None)
+
+    async def signals(self) -> BackendSignals | None:
+        return self.reading
+
+
+def settings(tmp_path: Path, **values: object) -> Settings:
+    return Settings(data_dir=tmp_path, corpus=[], **values)  # type: ignore[arg-type]
+
+
+async def test_slots_start_low_and_grow_with_demand_to_the_sum_of_the_limits(
+    tmp_path: Path,
+) -> None:
+    first, second = Loaded(), Loaded()
+    pool = BackendPool([first, second])
+    admission = Admission(Capacity.initial_slots(settings(tmp_path)), max_queue=100)
+    capacity = Capacity(settings(tmp_path, max_concurrent_max=24), admission, pool)
+    assert capacity.limits() == [4, 4] and admission.max_concurrent == 8
+    tickets = [admission.admit(f"s{n}") for n in range(30)]
+    await capacity.step()
+    assert capacity.limits() == [8, 8] and admission.max_concurrent == 16
+    assert sum(t.state == "holding" for t in tickets) == 16  # the new slots went to the queue
+    await capacity.step()  # 16 each; the slots are capped at MAX (24)
+    assert admission.max_concurrent == 24
+    first.reading = BackendSignals(0, 0, 0.2, 9, None, None)  # the first starts pre-empting
+    await capacity.step()
+    assert capacity.limits() == [12, 24] and admission.max_concurrent == 24  # capped at MAX
+    assert [b.limiter.limit for b in pool.backends] == [12, 24]
+
+
+async def test_a_fixed_number_keeps_a_fixed_cap(tmp_path: Path) -> None:
+    pool = BackendPool([Loaded()], limit=3)
+    admission = Admission(3, max_queue=10)
+    capacity = Capacity(settings(tmp_path, max_concurrent=3), admission, pool)
+    [admission.admit(f"s{n}") for n in range(8)]
+    for _ in range(3):
+        await capacity.step()
+    assert admission.max_concurrent == 3 and pool.backends[0].limiter.limit == 3
