@@ -54,6 +54,11 @@ def _settings(**overrides: object) -> Settings:
 
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    # httpx logs every request's full URL at INFO, credentials included; ours name backends
+    # without them.
+    logging.getLogger("httpx").setLevel(
+        max(logging.WARNING, logging.getLevelName(settings.log_level))
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
