@@ -101,3 +101,36 @@ async def test_a_cancelled_waiter_leaves_no_permit_behind() -> None:
     await asyncio.gather(waiter, return_exceptions=True)
     gate.release()
     assert gate.in_flight == 0 and gate.waiting == 0
+
+
+def hits(queries: float, hit: float) -> BackendSignals:
+    return BackendSignals(0, 0, 0.3, 0, queries, hit)
+
+
+def test_prefix_cache_thrash_backs_it_off() -> None:
+    control = AdaptiveLimit(LimitBounds(initial=8))
+    control.slow_start = False
+    control.observe(busy(hits(0, 0)))  # 9: the first reading only sets the counters
+    assert control.observe(busy(hits(10_000, 8_000))) == 10  # 80% of prompt tokens cached
+    assert control.observe(busy(hits(11_000, 8_800))) == 11  # too few lookups to judge
+    assert control.observe(busy(hits(20_000, 15_000))) == 12  # 70% since the last judgement
+    assert control.observe(busy(hits(30_000, 18_000))) == 9  # 30%: they evict each other
+
+
+async def test_the_oldest_sessions_calls_go_first_when_the_gate_is_full() -> None:
+    gate = CallLimiter(1)
+    await gate.acquire()
+    order: list[str] = []
+
+    async def call(name: str, age: float) -> None:
+        async with gate.held(age):
+            order.append(name)
+
+    waiting = [
+        asyncio.create_task(call(name, age))
+        for name, age in (("young", 9.0), ("old", 1.0), ("middle", 5.0), ("old again", 1.0))
+    ]
+    await asyncio.sleep(0)
+    gate.release()
+    await asyncio.gather(*waiting)
+    assert order == ["old", "old again", "middle", "young"]
