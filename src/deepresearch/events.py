@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
 
 
 def utc_now() -> datetime:
@@ -74,11 +74,25 @@ class ToolError(BaseEvent):
     tool_name: str
 
 
+class AnswerGeneration(BaseEvent):
+    """Sent once, just before the first ``final_answer_chunk``: the answer is being
+    written. The note's front ends open the answer's own card on it."""
+
+    type: Literal["answer_generation"] = "answer_generation"
+
+
 class FinalAnswerChunk(BaseEvent):
     """``content`` is the answer so far."""
 
     type: Literal["final_answer_chunk"] = "final_answer_chunk"
     is_streaming: bool = True
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def accumulated(self) -> str:
+        """The answer so far again, under the note's name: its latest front end appends
+        ``content`` to the card unless this field is present."""
+        return self.content
 
 
 class Citation(BaseModel):
@@ -134,6 +148,7 @@ Event = Annotated[
     | ToolCallStart
     | ToolResult
     | ToolError
+    | AnswerGeneration
     | FinalAnswerChunk
     | FinalAnswer
     | Completed

@@ -18,6 +18,7 @@ from deepresearch.agent.tooling import ToolRunner
 from deepresearch.config import AgentTemplate, GenerationSettings
 from deepresearch.errors import BackendError
 from deepresearch.events import (
+    AnswerGeneration,
     Completed,
     Event,
     FinalAnswer,
@@ -47,6 +48,7 @@ NUDGE = (
     "answer inside <answer></answer>."
 )
 TRIMMED = "[this tool response was removed to fit the context; its sources stay citable]"
+ANSWER_GENERATION = "writing the answer"
 TRIMMED_THOUGHT = "<think>[reasoning removed to fit the context]</think>"
 
 
@@ -82,6 +84,15 @@ class ReactAgent:
         self._dialect: Dialect = dialect_for(config.protocol)
         self._today = today or date.today()
         self._context = ToolContext(session_id)
+        self._answer_announced = False
+
+    def _announce_answer(self) -> list[Event]:
+        """``answer_generation``, once per run, before the first answer chunk (a
+        retried reply does not send it again)."""
+        if self._answer_announced:
+            return []
+        self._answer_announced = True
+        return [AnswerGeneration(session_id=self.session_id, content=ANSWER_GENERATION)]
 
     async def run(self, question: str) -> AsyncIterator[Event]:
         sid = self.session_id
@@ -107,6 +118,8 @@ class ReactAgent:
             if isinstance(parsed, Answer):
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
+                    for event in self._announce_answer():
+                        yield event
                     yield FinalAnswerChunk(session_id=sid, content=parsed.text)
                 cited = cite(parsed.text, self._context.citations)
                 yield FinalAnswer(
@@ -229,5 +242,7 @@ class ReactAgent:
                 yield Thinking(session_id=sid, round=round_number, content=thought, delta=delta)
             answer = answer_so_far(reply.text)
             if answer is not None and answer != reply.shown_answer:
+                for event in self._announce_answer():
+                    yield event
                 reply.shown_answer = answer
                 yield FinalAnswerChunk(session_id=sid, content=answer)
