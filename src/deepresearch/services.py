@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
+from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
 from deepresearch.llm.pool import BackendPool
@@ -221,10 +222,13 @@ async def open_services(
         metrics = Metrics(admission)
         services: Services
 
-        def make_agent(session_id: str, config: AgentTemplate) -> Agent:
+        def make_agent(
+            session_id: str, config: AgentTemplate, history: Sequence[Exchange] = ()
+        ) -> Agent:
             if services.model is None:
+                # No model reads context: the digest answers each question on its own.
                 return EvidenceDigestAgent(session_id, services.tools)
-            return ReactAgent(session_id, services.model, services.tools, config)
+            return ReactAgent(session_id, services.model, services.tools, config, history=history)
 
         manager = SessionManager(settings, store, admission, metrics, make_agent)
         services = Services(

@@ -162,7 +162,7 @@ class StoreConformance:
         assert await store.conversation("missing") == []
 
     async def test_conversations_are_listed_by_latest_question(self, store: SessionStore) -> None:
-        await store.create(record("a", minutes=0, owner="o", status="completed"))
+        await store.create(record("a", minutes=0, owner="o", status="completed", answer="A"))
         await store.create(record("b", minutes=1, owner="o", status="completed"))
         await store.create(
             record("a2", minutes=2, conversation_id="a", turn=2, owner="o", status="failed")
@@ -170,18 +170,16 @@ class StoreConformance:
         await store.create(record("x", minutes=3, owner="someone else"))
         listed, total = await store.list_conversations(limit=10, owner="o")
         assert total == 2
-        assert [(c.id, c.turns, c.status, c.title) for c in listed] == [
-            ("a", 2, "failed", "question of a"),
-            ("b", 1, "completed", "question of b"),
+        assert [(c.id, c.turns, c.answered, c.status, c.title) for c in listed] == [
+            ("a", 2, 1, "failed", "question of a"),
+            ("b", 1, 0, "completed", "question of b"),
         ]
         assert listed[0].created_at == T0 and listed[0].updated_at == T0 + timedelta(minutes=2)
         assert listed[0].owner == "o"
         page, total = await store.list_conversations(limit=1, offset=1)
         assert [c.id for c in page] == ["a"] and total == 3
 
-    async def test_latest_answered_is_scoped_to_owner_and_client(
-        self, store: SessionStore
-    ) -> None:
+    async def test_latest_answered_is_scoped_to_owner_and_client(self, store: SessionStore) -> None:
         await store.create(record("mine-old", minutes=0, owner="o", client="k1"))
         await store.create(record("mine-new", minutes=1, owner="o", client="k2"))
         await store.create(record("theirs", minutes=2, owner="p", client="k1"))

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 from deepresearch.agent.citations import cite
+from deepresearch.agent.conversation import Exchange, framed_question
 from deepresearch.agent.dialects import Dialect, dialect_for
 from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_far, reasoning
 from deepresearch.agent.prompt import FINAL_CALL
@@ -76,6 +77,7 @@ class ReactAgent:
         tools: Mapping[str, Tool],
         config: AgentTemplate,
         today: date | None = None,
+        history: Sequence[Exchange] = (),
     ) -> None:
         self.session_id = session_id
         self._model = model
@@ -85,6 +87,7 @@ class ReactAgent:
         self._today = today or date.today()
         self._context = ToolContext(session_id)
         self._answer_announced = False
+        self._history = tuple(history)  # the conversation's earlier turns
 
     def _announce_answer(self) -> list[Event]:
         """``answer_generation``, once per run, before the first answer chunk (a
@@ -99,7 +102,10 @@ class ReactAgent:
         dialect = self._dialect
         messages: list[Message] = [
             {"role": "system", "content": dialect.system_prompt(self._tools.tools, self._today)},
-            {"role": "user", "content": question},
+            {
+                "role": "user",
+                "content": framed_question(question, self._history, self._config.context_tokens),
+            },
         ]
         for round_number in range(1, self._config.max_rounds + 1):
             yield RoundStart(session_id=sid, round=round_number)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -18,41 +18,18 @@ from pydantic import ValidationError
 from deepresearch.config import Settings
 from deepresearch.errors import ClientError, Overloaded
 from deepresearch.llm.base import ChatModel
-from deepresearch.runtime.manager import SessionRequest, owner_of
+from deepresearch.runtime.manager import SessionRequest
+from deepresearch.server import conversations
+from deepresearch.server.deps import Owner, Svc, Unauthorized, client_of
 from deepresearch.server.schemas import ChatRequest
 from deepresearch.server.sse import sse_bytes
+from deepresearch.server.views import detail, summary
 from deepresearch.services import Services, ToolsFactory, default_tools, open_services
-from deepresearch.sessions.records import SessionRecord, SessionStatus
+from deepresearch.sessions.records import SessionStatus
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter()
-
-
-class _Unauthorized(Exception):
-    pass
-
-
-async def get_services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
-
-
-Svc = Annotated[Services, Depends(get_services)]
-
-
-async def get_owner(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str | None:
-    """The caller's identity when client keys are on; 401 without a valid key."""
-    keys = svc.settings.api_keys
-    if not keys:
-        return None
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or key not in keys:
-        raise _Unauthorized()
-    return owner_of(key)
-
-
-Owner = Annotated[str | None, Depends(get_owner)]
 
 
 async def parse_chat(request: Request, svc: Services) -> ChatRequest:
@@ -86,6 +63,7 @@ async def start(request: Request, svc: Services, who: str | None) -> str:
             session_id=chat.session_id,
             on_disconnect=chat.on_disconnect,
             owner=who,
+            client=client_of(request),
         )
     )
 
@@ -166,7 +144,7 @@ async def sessions(
         limit=limit, offset=offset, status=status, owner=who
     )
     return {
-        "active_sessions": {record.id: _summary(record) for record in records},
+        "active_sessions": {record.id: summary(record) for record in records},
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -175,7 +153,7 @@ async def sessions(
 
 @router.get("/sessions/{session_id}")
 async def session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    return _detail(await svc.manager.get(session_id, who))
+    return detail(await svc.manager.get(session_id, who))
 
 
 @router.get("/sessions/{session_id}/events")
@@ -199,7 +177,7 @@ async def session_events(
 @router.delete("/sessions/{session_id}")
 async def cancel(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
     record = await svc.manager.cancel(session_id, who, "cancelled by the client")
-    return _detail(record)
+    return detail(record)
 
 
 @router.get("/metrics")
@@ -256,8 +234,8 @@ def create_app(
             status_code=exc.status_code, content={"error": str(exc)}, headers=headers
         )
 
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
         return JSONResponse(
             status_code=401,
             content={"error": "a valid 'Authorization: Bearer KEY' header is required"},
@@ -265,28 +243,5 @@ def create_app(
         )
 
     app.include_router(router)
+    app.include_router(conversations.router)
     return app
-
-
-def _summary(record: SessionRecord) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "question": record.question,
-        "start_time": record.created_at.isoformat(),
-        "status": record.status,
-    }
-    if record.ended_at is not None:
-        summary["end_time"] = record.ended_at.isoformat()
-    return summary
-
-
-def _detail(record: SessionRecord) -> dict[str, Any]:
-    return {
-        "session_id": record.id,
-        **_summary(record),
-        "started_at": record.started_at.isoformat() if record.started_at else None,
-        "on_disconnect": record.on_disconnect,
-        "answer": record.answer,
-        "citations": record.citations,
-        "error": record.error,
-        "events": record.last_seq,
-    }

@@ -71,6 +71,7 @@ class ConversationSummary:
     created_at: datetime  # when its first question was asked
     updated_at: datetime  # when its latest question was asked
     turns: int
+    answered: int  # turns that got an answer
     status: SessionStatus  # the latest turn's
 
 

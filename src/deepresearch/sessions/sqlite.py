@@ -228,9 +228,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.executescript(AFTER_MIGRATIONS)
 
 
-def _doomed_conversations(
-    db: sqlite3.Connection, cutoff: str, keep: int
-) -> tuple[list[str], int]:
+def _doomed_conversations(db: sqlite3.Connection, cutoff: str, keep: int) -> tuple[list[str], int]:
     """The conversations retention deletes, and how many sessions they hold."""
     rows = db.execute(
         "SELECT conversation_id, MAX(created_at), "
@@ -442,14 +440,18 @@ class SqliteSessionStore:
         self, *, limit: int, offset: int = 0, owner: str | None = None
     ) -> tuple[list[ConversationSummary], int]:
         where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
-        turn_of = "SELECT {} FROM sessions t WHERE t.conversation_id = c.id ORDER BY turn {} LIMIT 1"
+        turn_of = (
+            "SELECT {} FROM sessions t WHERE t.conversation_id = c.id ORDER BY turn {} LIMIT 1"
+        )
 
         def fetch(db: sqlite3.Connection) -> tuple[list[ConversationSummary], int]:
             rows = db.execute(
-                f"SELECT c.id, c.first, c.latest, c.turns, ({turn_of.format('owner', 'ASC')}), "
+                f"SELECT c.id, c.first, c.latest, c.turns, c.answered, "
+                f"({turn_of.format('owner', 'ASC')}), "
                 f"({turn_of.format('question', 'ASC')}), ({turn_of.format('status', 'DESC')}) "
                 "FROM (SELECT conversation_id AS id, MIN(created_at) AS first, "
-                f"MAX(created_at) AS latest, COUNT(*) AS turns FROM sessions {where} "
+                f"MAX(created_at) AS latest, COUNT(*) AS turns, "
+                f"SUM(answer IS NOT NULL) AS answered FROM sessions {where} "
                 "GROUP BY conversation_id) c ORDER BY c.latest DESC, c.id DESC LIMIT ? OFFSET ?",
                 [*params, limit, offset],
             ).fetchall()
@@ -462,9 +464,10 @@ class SqliteSessionStore:
                     created_at=datetime.fromisoformat(row[1]),
                     updated_at=datetime.fromisoformat(row[2]),
                     turns=row[3],
-                    owner=row[4],
-                    title=row[5],
-                    status=cast(SessionStatus, row[6]),
+                    answered=row[4],
+                    owner=row[5],
+                    title=row[6],
+                    status=cast(SessionStatus, row[7]),
                 )
                 for row in rows
             ]
