@@ -69,6 +69,9 @@ class SessionRequest:
     on_disconnect: OnDisconnect = "grace"
     owner: str | None = None
     client: str | None = None  # digest of the client's address
+    # Earlier turns the client sent itself (the OpenAI facade); a stored conversation's
+    # turns are used instead when session_id names one.
+    history: tuple[Exchange, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ class SessionManager:
         live = _LiveSession(record, ticket)
         self._live[session_id] = live
         live.task = asyncio.create_task(
-            self._run(live, config, place.history), name=f"session-{session_id}"
+            self._run(live, config, place.history or request.history),
+            name=f"session-{session_id}",
         )
         live.task.add_done_callback(lambda _: self._task_done(live))
         if request.on_disconnect != "continue":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -19,15 +18,14 @@ from deepresearch.config import Settings
 from deepresearch.errors import ClientError, Overloaded
 from deepresearch.llm.base import ChatModel
 from deepresearch.runtime.manager import SessionRequest
-from deepresearch.server import conversations
+from deepresearch.server import conversations, openai_facade
 from deepresearch.server.deps import Owner, Svc, Unauthorized, client_of
+from deepresearch.server.following import stream, wait_for_end
+from deepresearch.server.openai_facade import OpenAIError, error_body
 from deepresearch.server.schemas import ChatRequest
-from deepresearch.server.sse import sse_bytes
 from deepresearch.server.views import detail, summary
 from deepresearch.services import Services, ToolsFactory, default_tools, open_services
 from deepresearch.sessions.records import SessionStatus
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter()
 
@@ -68,11 +66,6 @@ async def start(request: Request, svc: Services, who: str | None) -> str:
     )
 
 
-def stream(svc: Services, session_id: str, after: int) -> StreamingResponse:
-    events = svc.manager.follow(session_id, after, idle=svc.settings.heartbeat_seconds)
-    return StreamingResponse(sse_bytes(events), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
 @router.post("/chat/stream")
 async def chat_stream(request: Request, svc: Svc, who: Owner) -> StreamingResponse:
     session_id = await start(request, svc, who)
@@ -82,20 +75,7 @@ async def chat_stream(request: Request, svc: Svc, who: Owner) -> StreamingRespon
 @router.post("/chat")
 async def chat(request: Request, svc: Svc, who: Owner) -> Response:
     session_id = await start(request, svc, who)
-
-    async def drain() -> None:
-        async for _ in svc.manager.follow(session_id):
-            pass
-
-    # Nothing cancels a plain handler when its client leaves, so watch for it: the
-    # session's on_disconnect policy must apply here as it does to streams.
-    finished = asyncio.create_task(drain())
-    gone = asyncio.create_task(_disconnected(request))
-    await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (finished, gone):
-        task.cancel()
-    await asyncio.gather(finished, gone, return_exceptions=True)
-    record = await svc.manager.get(session_id, who)
+    record = await wait_for_end(request, svc, session_id, who)
     return JSONResponse(
         {
             "session_id": record.id,
@@ -105,11 +85,6 @@ async def chat(request: Request, svc: Svc, who: Owner) -> Response:
             "error": record.error,
         }
     )
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 @router.get("/health")
@@ -185,6 +160,10 @@ async def metrics(svc: Svc, who: Owner) -> Response:
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+def _openai_route(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
 def _field_errors(errors: list[Any]) -> JSONResponse:
     fields: dict[str, str] = {}
     for error in errors:
@@ -218,30 +197,38 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "X-Session-Id"],
         )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _field_errors(list(exc.errors()))
+        response = _field_errors(list(exc.errors()))
+        if _openai_route(request):
+            content = json.loads(bytes(response.body))
+            param = next(iter(content["fields"]), None)
+            return JSONResponse(status_code=400, content=error_body(content["error"], 400, param))
+        return response
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
         if isinstance(exc, Overloaded):
             request.app.state.services.metrics.rejected.inc()
-        return JSONResponse(
-            status_code=exc.status_code, content={"error": str(exc)}, headers=headers
-        )
+        content: dict[str, Any] = {"error": str(exc)}
+        if _openai_route(request):
+            param, code = (exc.param, exc.code) if isinstance(exc, OpenAIError) else (None, None)
+            content = error_body(str(exc), exc.status_code, param, code)
+        return JSONResponse(status_code=exc.status_code, content=content, headers=headers)
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        message = "a valid 'Authorization: Bearer KEY' header is required"
+        content = error_body(message, 401) if _openai_route(request) else {"error": message}
         return JSONResponse(
-            status_code=401,
-            content={"error": "a valid 'Authorization: Bearer KEY' header is required"},
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=401, content=content, headers={"WWW-Authenticate": "Bearer"}
         )
 
     app.include_router(router)
     app.include_router(conversations.router)
+    app.include_router(openai_facade.router)
     return app
