@@ -6,12 +6,14 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from deepresearch.config import Settings
@@ -28,6 +30,7 @@ from deepresearch.services import Services, ToolsFactory, default_tools, open_se
 from deepresearch.sessions.records import SessionStatus
 
 router = APIRouter()
+STATIC = Path(__file__).parent / "static"
 
 
 async def parse_chat(request: Request, svc: Services) -> ChatRequest:
@@ -85,6 +88,12 @@ async def chat(request: Request, svc: Svc, who: Owner) -> Response:
             "error": record.error,
         }
     )
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The web page (no data in it: with keys on, it asks for one)."""
+    return FileResponse(STATIC / "index.html")
 
 
 @router.get("/health")
@@ -229,6 +238,7 @@ def create_app(
         )
 
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(conversations.router)
     app.include_router(openai_facade.router)
     return app
