@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support import Process, server, write_corpus
+from tests.web.proxy import cutting_proxy
 
 LONG = 30_000  # ms: how long a research step may take to show up
 
@@ -152,3 +153,20 @@ def test_a_server_with_keys_asks_for_one_once(
         expect(page.locator("#conversation-list button")).to_have_count(1, timeout=LONG)
         expect(page.locator("#key-form-area")).to_be_hidden()
         context.close()
+
+
+def test_a_dropped_connection_reconnects_with_last_event_id(
+    page: Page, web_server: Process
+) -> None:
+    port = int(web_server.url.rsplit(":", 1)[1])
+    # The stream's connection drops right after round 2 begins.
+    with cutting_proxy(port, b'"round":2') as proxy:
+        page.goto(f"http://127.0.0.1:{proxy.port}/")
+        ask(page, "tok-flaky What lowers cholesterol? [sim:rounds=3] [sim:slow=20]")
+        turn = page.locator(".turn").first
+        expect(turn.locator(".outcome")).to_have_text("Research complete", timeout=LONG)
+        assert proxy.cut
+        resumed = [r for r in proxy.requests if b"/events" in r and b"last-event-id:" in r.lower()]
+        assert resumed, "the page did not resume with Last-Event-ID"
+        expect(turn.locator("details.round")).to_have_count(4)  # every round exactly once
+        expect(turn.locator(".answer")).to_contain_text("The answer for tok-flaky")
