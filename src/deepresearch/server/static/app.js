@@ -296,6 +296,7 @@ function onEventShown(view, data) {
     refreshHistory();
   }
   if (TERMINAL.has(data.type)) refreshHistory();
+  if (data.type === "queued" || data.type === "init" || TERMINAL.has(data.type)) refreshStatus();
   const thread = $("thread");
   const nearBottom = thread.scrollHeight - thread.scrollTop - thread.clientHeight < 160;
   if (nearBottom) thread.scrollTop = thread.scrollHeight;
