@@ -124,7 +124,9 @@ async def citation(
         record: SessionRecord | None = await svc.manager.get(named, who)
     else:
         client = None if who is not None else client_of(request)
-        record = await svc.manager.latest_answered(owner=who, client=client)
+        # No key and no address (a Unix socket): nothing tells this caller from another.
+        anonymous = who is None and client is None
+        record = None if anonymous else await svc.manager.latest_answered(owner=who, client=client)
     cited = next(
         (c for c in (record.citations if record else []) if str(c.get("id")) == number), None
     )

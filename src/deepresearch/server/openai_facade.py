@@ -38,7 +38,7 @@ from deepresearch.llm.base import estimate_tokens
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.server.deps import Owner, Svc, client_of
 from deepresearch.server.following import SSE_HEADERS, wait_for_end
-from deepresearch.sessions.records import SessionRecord
+from deepresearch.sessions.records import STATUS_BY_TERMINAL_EVENT, SessionRecord
 
 MODEL = "deepresearch"
 router = APIRouter(prefix="/v1")
@@ -283,10 +283,12 @@ async def _chunks(svc: Svc, session_id: str, prompt_tokens: int | None) -> Async
             continue
         if isinstance(event, FinalAnswer):
             answer = event.answer_data.answer
-            rest = answer[len(sent) :] if answer.startswith(sent) else ""
-            references = _references(
-                [c.model_dump() for c in event.answer_data.citations], event.dropped_citations
-            )
+            consistent = answer.startswith(sent)
+            rest = answer[len(sent) :] if consistent else ""
+            # Text already sent cannot be taken back: say which markers named nothing.
+            dropped = () if consistent else event.dropped_citations
+            citations = [c.model_dump() for c in event.answer_data.citations]
+            references = _references(citations, dropped)
             if rest + references:
                 yield chunk({"content": rest + references})
             written = len(sent) + len(rest + references)
@@ -296,7 +298,7 @@ async def _chunks(svc: Svc, session_id: str, prompt_tokens: int | None) -> Async
         elif event.type == "no_answer":
             yield chunk({"content": f"No answer: {event.content}"}, "stop")
         elif event.type in {"error", "timeout", "cancelled"}:
-            status = {"error": 502, "timeout": 504, "cancelled": 409}[event.type]
+            status = _STATUS_BY_OUTCOME[STATUS_BY_TERMINAL_EVENT[event.type]]
             body = error_body(event.content, status, code=event.type)
             yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
         else:
