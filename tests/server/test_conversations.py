@@ -3,6 +3,7 @@ and citations that never cross from one caller to another."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -154,3 +155,15 @@ async def test_a_bare_citation_number_on_an_open_server_is_the_callers_own(
             assert (await here.get("/citation/99")).status_code == 404
             bad = await here.get("/citation/1;drop")
             assert bad.status_code == 422 and "citation_id" in bad.json()["fields"]
+
+
+async def test_two_follow_ups_at_once_one_is_refused(make_settings: MakeSettings) -> None:
+    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+        first = await ask(client, "tok-race how is asthma treated?")
+        body = {"question": "and in children?", "session_id": first["session_id"]}
+        outcomes = await asyncio.gather(
+            client.post("/chat", json=body), client.post("/chat", json=body)
+        )
+        assert sorted(response.status_code for response in outcomes) == [200, 409]
+        turns = (await client.get(f"/conversations/{first['session_id']}")).json()["turns"]
+        assert [turn["turn"] for turn in turns] == [1, 2]
