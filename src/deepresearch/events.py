@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 def utc_now() -> datetime:
@@ -86,13 +86,6 @@ class FinalAnswerChunk(BaseEvent):
 
     type: Literal["final_answer_chunk"] = "final_answer_chunk"
     is_streaming: bool = True
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def accumulated(self) -> str:
-        """The answer so far again, under the note's name: its latest front end appends
-        ``content`` to the card unless this field is present."""
-        return self.content
 
 
 class Citation(BaseModel):
