@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +223,7 @@ async def open_services(
         services: Services
 
         def make_agent(
-            session_id: str, config: AgentTemplate, history: Sequence[Exchange] = ()
+            session_id: str, config: AgentTemplate, history: tuple[Exchange, ...] = ()
         ) -> Agent:
             if services.model is None:
                 # No model reads context: the digest answers each question on its own.

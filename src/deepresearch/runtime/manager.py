@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -50,7 +50,7 @@ log = logging.getLogger("deepresearch.sessions")
 
 OnDisconnect = Literal["grace", "continue", "cancel"]
 # (session id, settings, the conversation's earlier questions and answers)
-AgentFactory = Callable[[str, AgentTemplate, Sequence[Exchange]], Agent]
+AgentFactory = Callable[[str, AgentTemplate, tuple[Exchange, ...]], Agent]
 
 # A follower further behind than this stops being fed live and catches up from the store.
 LISTENER_BUFFER = 512
@@ -451,7 +451,7 @@ class SessionManager:
             listener.queue.put_nowait(stored)
 
     async def _run(
-        self, live: _LiveSession, config: AgentTemplate, history: Sequence[Exchange] = ()
+        self, live: _LiveSession, config: AgentTemplate, history: tuple[Exchange, ...] = ()
     ) -> None:
         sid = live.id
         loop = asyncio.get_running_loop()

@@ -22,12 +22,15 @@ from deepresearch.llm.base import ChatModel
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.server import conversations, openai_facade
 from deepresearch.server.deps import Owner, Svc, Unauthorized, client_of
-from deepresearch.server.following import stream, wait_for_end
+from deepresearch.server.following import wait_for_end
 from deepresearch.server.openai_facade import OpenAIError, error_body
 from deepresearch.server.schemas import ChatRequest
+from deepresearch.server.sse import sse_bytes
 from deepresearch.server.views import detail, summary
 from deepresearch.services import Services, ToolsFactory, default_tools, open_services
 from deepresearch.sessions.records import SessionStatus
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -67,6 +70,11 @@ async def start(request: Request, svc: Services, who: str | None) -> str:
             client=client_of(request),
         )
     )
+
+
+def stream(svc: Services, session_id: str, after: int) -> StreamingResponse:
+    events = svc.manager.follow(session_id, after, idle=svc.settings.heartbeat_seconds)
+    return StreamingResponse(sse_bytes(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.post("/chat/stream")

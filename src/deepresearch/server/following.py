@@ -1,22 +1,13 @@
-"""Following a session from a route: as an SSE stream, or waiting for its end."""
+"""Following a session from a route until it ends."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 
-from deepresearch.server.sse import sse_bytes
 from deepresearch.services import Services
 from deepresearch.sessions.records import SessionRecord
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def stream(svc: Services, session_id: str, after: int) -> StreamingResponse:
-    events = svc.manager.follow(session_id, after, idle=svc.settings.heartbeat_seconds)
-    return StreamingResponse(sse_bytes(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def wait_for_end(

@@ -37,10 +37,11 @@ from deepresearch.events import (
 from deepresearch.llm.base import estimate_tokens
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.server.deps import Owner, Svc, client_of
-from deepresearch.server.following import SSE_HEADERS, wait_for_end
+from deepresearch.server.following import wait_for_end
 from deepresearch.sessions.records import STATUS_BY_TERMINAL_EVENT, SessionRecord
 
 MODEL = "deepresearch"
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 router = APIRouter(prefix="/v1")
 
 
@@ -178,7 +179,7 @@ async def chat_completions(request: Request, svc: Svc, who: Owner) -> Response:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = _chunks(svc, session_id, prompt_tokens if include_usage else None)
         return StreamingResponse(
-            chunks, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            chunks, media_type="text/event-stream", headers={**STREAM_HEADERS, **headers}
         )
     record = await wait_for_end(request, svc, session_id, who)
     return _completion(record, prompt_tokens, headers)
