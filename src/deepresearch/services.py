@@ -223,7 +223,7 @@ async def open_services(
         services: Services
 
         def make_agent(
-            session_id: str, config: AgentTemplate, history: tuple[Exchange, ...] = ()
+            session_id: str, config: AgentTemplate, *, history: tuple[Exchange, ...] = ()
         ) -> Agent:
             if services.model is None:
                 # No model reads context: the digest answers each question on its own.

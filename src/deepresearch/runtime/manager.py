@@ -49,8 +49,10 @@ from deepresearch.sessions.store import SessionStore
 log = logging.getLogger("deepresearch.sessions")
 
 OnDisconnect = Literal["grace", "continue", "cancel"]
-# (session id, settings, the conversation's earlier questions and answers)
-AgentFactory = Callable[[str, AgentTemplate, tuple[Exchange, ...]], Agent]
+# (session_id, config) -> Agent; a follow-up's also gets ``history=`` (the conversation's
+# earlier questions and answers, a tuple of Exchange), so a factory without that keyword
+# still serves every first question.
+AgentFactory = Callable[..., Agent]
 
 # A follower further behind than this stops being fed live and catches up from the store.
 LISTENER_BUFFER = 512
@@ -482,7 +484,10 @@ class SessionManager:
                 Init(session_id=sid, content="slot acquired; agent ready"),
                 SessionChanges(status="processing", started_at=utc_now()),
             )
-            agent = self._agent_factory(sid, config, history)
+            if history:
+                agent = self._agent_factory(sid, config, history=history)
+            else:
+                agent = self._agent_factory(sid, config)
             terminal = Error(session_id=sid, content="the agent stopped without an outcome")
             async with asyncio.timeout(config.max_run_seconds):
                 async for event in agent.run(live.record.question):
