@@ -132,3 +132,24 @@ async def test_keys_apply_to_the_facade(make_settings: MakeSettings) -> None:
                 await client.models.list()
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="key-1") as client:
             assert [model.id async for model in client.models.list()] == ["deepresearch"]
+
+
+async def test_a_browser_chat_ui_on_another_origin_may_call_it(make_settings: MakeSettings) -> None:
+    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+        preflight = await client.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os",
+            },
+        )
+        assert preflight.status_code == 200
+        assert "x-stainless-os" in preflight.headers["access-control-allow-headers"].lower()
+        response = await client.post(
+            "/v1/chat/completions",
+            headers={"Origin": "http://localhost:3000"},
+            json={"model": "deepresearch", "messages": [{"role": "user", "content": "tok-ui"}]},
+        )
+        assert response.status_code == 200
+        assert "x-session-id" in response.headers["access-control-expose-headers"].lower()

@@ -213,7 +213,8 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            # Any request header: OpenAI's browser SDK adds its own (x-stainless-*).
+            allow_headers=["*"],
             expose_headers=["Retry-After", "X-Session-Id"],
         )
 
