@@ -338,7 +338,9 @@ async function ask(question) {
   if (!response.ok) {
     const wait = response.headers.get("Retry-After");
     const text = await errorText(response);
-    view.finish("error", wait ? `${text} (try again in ${wait} s)` : text);
+    view.done = true;
+    view.outcome.className = "outcome bad";
+    view.outcome.textContent = `Not started: ${wait ? `${text} (try again in ${wait} s)` : text}`;
     return;
   }
   $("question").value = "";
