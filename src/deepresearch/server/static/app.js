@@ -163,6 +163,7 @@ class TurnView {
       }
       this.tool = null;
     } else if (kind === "answer_generation") {
+      if (this.round) this.roundSummary.textContent = `${this.roundLabel} · the answer`;
       this.showAnswer(event.content ? `${capitalise(event.content)}…` : "Writing the answer…", null);
     } else if (kind === "final_answer_chunk") {
       this.showAnswer(event.content, null);
