@@ -4,9 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test check lint types bench clean
+# Debian packages the tests need: Chromium for the web page's browser tests.
+APT_PACKAGES := chromium
+# apt-get needs root: sudo when not root (and there).
+SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-install: $(STAMP)
+.PHONY: install system-packages serve test check lint types bench clean
+
+install: $(STAMP) system-packages
+
+system-packages:
+	@missing=""; \
+	for package in $(APT_PACKAGES); do \
+	  command -v $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

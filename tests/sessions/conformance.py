@@ -147,3 +147,74 @@ class StoreConformance:
         assert [e.seq for e in await store.events("good")] == [1, 2, 3]
         good = await store.get("good")
         assert good is not None and good.status == "completed"
+
+    # -- conversations ------------------------------------------------------------------
+
+    async def test_a_conversation_is_its_turns_in_order(self, store: SessionStore) -> None:
+        first = record("c-1", owner="o", client="k")
+        follow_up = record("c-1b", minutes=1, conversation_id="c-1", turn=2, owner="o")
+        await store.create(first)
+        await store.create(follow_up)
+        await store.create(record("other", minutes=2))
+        assert await store.conversation("c-1") == [first, follow_up]
+        assert first.conversation == "c-1" and follow_up.conversation == "c-1"
+        assert await store.conversation("other") == [await store.get("other")]
+        assert await store.conversation("missing") == []
+
+    async def test_conversations_are_listed_by_latest_question(self, store: SessionStore) -> None:
+        await store.create(record("a", minutes=0, owner="o", status="completed", answer="A"))
+        await store.create(record("b", minutes=1, owner="o", status="completed"))
+        await store.create(
+            record("a2", minutes=2, conversation_id="a", turn=2, owner="o", status="failed")
+        )
+        await store.create(record("x", minutes=3, owner="someone else"))
+        listed, total = await store.list_conversations(limit=10, owner="o")
+        assert total == 2
+        assert [(c.id, c.turns, c.answered, c.status, c.title) for c in listed] == [
+            ("a", 2, 1, "failed", "question of a"),
+            ("b", 1, 0, "completed", "question of b"),
+        ]
+        assert listed[0].created_at == T0 and listed[0].updated_at == T0 + timedelta(minutes=2)
+        assert listed[0].owner == "o"
+        page, total = await store.list_conversations(limit=1, offset=1)
+        assert [c.id for c in page] == ["a"] and total == 3
+
+    async def test_latest_answered_is_scoped_to_owner_and_client(self, store: SessionStore) -> None:
+        await store.create(record("mine-old", minutes=0, owner="o", client="k1"))
+        await store.create(record("mine-new", minutes=1, owner="o", client="k2"))
+        await store.create(record("theirs", minutes=2, owner="p", client="k1"))
+        await store.create(record("unanswered", minutes=3, owner="o", client="k1"))
+        for session_id in ("mine-old", "mine-new", "theirs"):
+            await store.update(session_id, SessionChanges(answer=f"answer of {session_id}"))
+        found = await store.latest_answered(owner="o", client=None)
+        assert found is not None and found.id == "mine-new"
+        found = await store.latest_answered(owner="o", client="k1")
+        assert found is not None and found.id == "mine-old"
+        found = await store.latest_answered(owner=None, client="k1")
+        assert found is not None and found.id == "theirs"
+        assert await store.latest_answered(owner="nobody", client=None) is None
+
+    async def test_retention_deletes_whole_conversations(self, store: SessionStore) -> None:
+        # An old first turn stays while its conversation has a recent question.
+        await store.create(record("talk", minutes=0, status="completed"))
+        await store.append("talk", events(1, 2))
+        await store.create(
+            record("talk-2", minutes=10, conversation_id="talk", turn=2, status="completed")
+        )
+        await store.create(record("old", minutes=1, status="completed"))
+        await store.create(record("busy", minutes=0, status="completed"))
+        await store.create(
+            record("busy-2", minutes=2, conversation_id="busy", turn=2, status="processing")
+        )
+        removed = await store.prune(older_than=T0 + timedelta(minutes=5), keep=100)
+        assert removed == 1 and await store.get("old") is None
+        assert len(await store.conversation("talk")) == 2
+        assert len(await store.conversation("busy")) == 2  # a turn is still running
+        # Counting: the newest conversation (2 sessions) fits in keep=2, nothing else
+        # finished does, and a conversation is never cut in half.
+        removed = await store.prune(older_than=T0, keep=3)
+        assert removed == 0
+        removed = await store.prune(older_than=T0, keep=1)
+        assert removed == 2
+        assert await store.conversation("talk") == [] and await store.events("talk") == []
+        assert len(await store.conversation("busy")) == 2

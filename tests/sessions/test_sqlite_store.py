@@ -63,3 +63,29 @@ async def test_a_second_process_cannot_open_the_same_store(
     await store.close()
     await second.open()  # free again once the first has closed
     await second.close()
+
+
+async def test_a_file_from_before_conversations_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "sessions.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, question TEXT NOT NULL, "
+        "status TEXT NOT NULL, created_at TEXT NOT NULL, owner TEXT, on_disconnect TEXT "
+        "NOT NULL, started_at TEXT, ended_at TEXT, answer TEXT, citations TEXT NOT NULL "
+        "DEFAULT '[]', error TEXT);"
+        "INSERT INTO sessions (id, question, status, created_at, on_disconnect) VALUES "
+        "('old-1', 'q', 'completed', '2026-01-01T00:00:00+00:00', 'grace');"
+    )
+    db.commit()
+    db.close()
+    store = SqliteSessionStore(path)
+    await store.open()
+    try:
+        [turn] = await store.conversation("old-1")
+        assert (turn.id, turn.conversation, turn.turn) == ("old-1", "old-1", 1)
+        listed, total = await store.list_conversations(limit=5)
+        assert total == 1 and listed[0].title == "q"
+    finally:
+        await store.close()

@@ -18,6 +18,7 @@ from deepresearch.agent.parsing import ToolCall
 from deepresearch.agent.ranking import Candidate, Question, select
 from deepresearch.agent.tooling import ToolRunner
 from deepresearch.events import (
+    AnswerGeneration,
     Completed,
     Event,
     FinalAnswer,
@@ -91,6 +92,7 @@ class EvidenceDigestAgent:
             )
             return
         cited = cite(digest, self._context.citations)
+        yield AnswerGeneration(session_id=sid, content="writing the digest")
         yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
         yield FinalAnswer(session_id=sid, content=cited.data.answer, answer_data=cited.data)
         yield Completed(session_id=sid, content="evidence digest complete")

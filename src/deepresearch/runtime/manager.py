@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Literal
 
 from deepresearch.agent.base import Agent
+from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.errors import SessionConflict, SessionFailure, SessionNotFound
 from deepresearch.events import (
@@ -38,6 +39,8 @@ from deepresearch.runtime.deltas import ACCUMULATED, Compactor, WireView, since_
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
+    UNFINISHED,
+    ConversationSummary,
     SessionChanges,
     SessionRecord,
     SessionStatus,
@@ -48,7 +51,10 @@ from deepresearch.sessions.store import SessionStore
 log = logging.getLogger("deepresearch.sessions")
 
 OnDisconnect = Literal["grace", "continue", "cancel"]
-AgentFactory = Callable[[str, AgentTemplate], Agent]
+# (session_id, config) -> Agent; a follow-up's also gets ``history=`` (the conversation's
+# earlier questions and answers, a tuple of Exchange), so a factory without that keyword
+# still serves every first question.
+AgentFactory = Callable[..., Agent]
 
 # A follower further behind than this stops being fed live and catches up from the store.
 LISTENER_BUFFER = 512
@@ -66,6 +72,24 @@ class SessionRequest:
     session_id: str | None = None
     on_disconnect: OnDisconnect = "grace"
     owner: str | None = None
+    client: str | None = None  # digest of the client's address
+    # Earlier turns the client sent itself (the OpenAI facade); a stored conversation's
+    # turns are used instead when session_id names one.
+    history: tuple[Exchange, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a new session goes: its id, and its conversation when it follows up."""
+
+    session_id: str
+    conversation_id: str | None = None  # None: it starts a conversation of its own
+    turn: int = 1
+    history: tuple[Exchange, ...] = ()
+
+    @property
+    def conversation(self) -> str:
+        return self.conversation_id or self.session_id
 
 
 def owner_of(api_key: str | None) -> str | None:
@@ -120,6 +144,7 @@ class SessionManager:
         self._live: dict[str, _LiveSession] = {}
         self._pruner: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[None]] = set()  # referenced until done
+        self._busy_conversations: set[str] = set()  # a turn is starting or running
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -171,13 +196,19 @@ class SessionManager:
         return len(self._live)
 
     async def start(self, request: SessionRequest) -> str:
-        """Admit and start a session; ``Overloaded`` or ``SessionConflict`` create nothing."""
+        """Admit and start a session; ``Overloaded`` or ``SessionConflict`` create nothing.
+
+        A ``session_id`` not in use names the new session; the id of an existing
+        session or conversation asks a follow-up in that conversation (the new
+        session gets a fresh id).
+        """
         # Validate the request's settings before anything is reserved.
         config = self._template.for_request(**request.generation)
-        session_id = request.session_id or str(uuid.uuid4())
-        if session_id in self._live:
-            raise SessionConflict(f"session {session_id} already exists")
-        ticket = self._admission.admit(session_id)
+        place = await self._place(request)
+        session_id = place.session_id
+        if session_id in self._live or place.conversation in self._busy_conversations:
+            raise SessionConflict(self._busy_message(place))
+        self._busy_conversations.add(place.conversation)
         record = SessionRecord(
             id=session_id,
             question=request.question,
@@ -185,15 +216,27 @@ class SessionManager:
             created_at=utc_now(),
             owner=request.owner,
             on_disconnect=request.on_disconnect,
+            conversation_id=place.conversation_id,
+            turn=place.turn,
+            client=request.client,
         )
+        try:
+            ticket = self._admission.admit(session_id)
+        except BaseException:
+            self._busy_conversations.discard(place.conversation)
+            raise
         try:
             await self._store.create(record)
         except BaseException:
             self._admission.release(ticket)
+            self._busy_conversations.discard(place.conversation)
             raise
         live = _LiveSession(record, ticket)
         self._live[session_id] = live
-        live.task = asyncio.create_task(self._run(live, config), name=f"session-{session_id}")
+        live.task = asyncio.create_task(
+            self._run(live, config, place.history or request.history),
+            name=f"session-{session_id}",
+        )
         live.task.add_done_callback(lambda _: self._task_done(live))
         if request.on_disconnect != "continue":
             live.grace = asyncio.get_running_loop().call_later(
@@ -203,10 +246,39 @@ class SessionManager:
         log.info("%s admitted (%s): %s", live.tag, ticket.state, question)
         return session_id
 
+    async def _place(self, request: SessionRequest) -> _Placement:
+        asked = request.session_id
+        if asked is None:
+            return _Placement(str(uuid.uuid4()))
+        earlier = await self._store.get(asked)
+        if earlier is None:
+            return _Placement(asked)
+        if request.owner is not None and earlier.owner != request.owner:
+            raise SessionConflict(f"session {asked} already exists")
+        turns = await self._store.conversation(earlier.conversation)
+        if any(turn.status in UNFINISHED for turn in turns):
+            raise SessionConflict(self._busy_message(_Placement("", earlier.conversation)))
+        return _Placement(
+            str(uuid.uuid4()),
+            conversation_id=earlier.conversation,
+            turn=max(turn.turn for turn in turns) + 1,
+            history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
+        )
+
+    @staticmethod
+    def _busy_message(place: _Placement) -> str:
+        if place.conversation_id is None:
+            return f"session {place.session_id} already exists"
+        return (
+            f"conversation {place.conversation}: the previous question is still being "
+            "researched; wait for it to end (or cancel it) before asking a follow-up"
+        )
+
     def _task_done(self, live: _LiveSession) -> None:
         """Whatever happened to the task, its ticket goes back; and a task cancelled
         before its first step (so ``_run`` never ran) still gets its terminal event."""
         self._admission.release(live.ticket)
+        self._busy_conversations.discard(live.record.conversation)
         if live.finishing is None and live.id in self._live:
             orphan = asyncio.ensure_future(self._settle_unstarted(live))
             live.finishing = orphan
@@ -264,6 +336,23 @@ class SessionManager:
         return await self._store.list_sessions(
             limit=limit, offset=offset, status=status, owner=owner
         )
+
+    async def conversation(self, conversation_id: str, owner: str | None) -> list[SessionRecord]:
+        """A conversation's turns, first first; ``SessionNotFound`` if it is not the caller's."""
+        turns = await self._store.conversation(conversation_id)
+        if not turns or (owner is not None and turns[0].owner != owner):
+            raise SessionNotFound(f"no conversation {conversation_id}")
+        return turns
+
+    async def list_conversations(
+        self, *, limit: int, offset: int, owner: str | None
+    ) -> tuple[list[ConversationSummary], int]:
+        return await self._store.list_conversations(limit=limit, offset=offset, owner=owner)
+
+    async def latest_answered(
+        self, *, owner: str | None, client: str | None
+    ) -> SessionRecord | None:
+        return await self._store.latest_answered(owner=owner, client=client)
 
     async def follow(
         self,
@@ -413,7 +502,9 @@ class SessionManager:
                 listener.lagging = True
             listener.queue.put_nowait(stored)
 
-    async def _run(self, live: _LiveSession, config: AgentTemplate) -> None:
+    async def _run(
+        self, live: _LiveSession, config: AgentTemplate, history: tuple[Exchange, ...] = ()
+    ) -> None:
         sid = live.id
         loop = asyncio.get_running_loop()
         admitted = loop.time()
@@ -443,7 +534,10 @@ class SessionManager:
                 Init(session_id=sid, content="slot acquired; agent ready"),
                 SessionChanges(status="processing", started_at=utc_now()),
             )
-            agent = self._agent_factory(sid, config)
+            if history:
+                agent = self._agent_factory(sid, config, history=history)
+            else:
+                agent = self._agent_factory(sid, config)
             terminal = Error(session_id=sid, content="the agent stopped without an outcome")
             async with (
                 asyncio.timeout(config.max_run_seconds),

@@ -25,6 +25,7 @@ from typing import IO, Any, TypeVar, cast
 from deepresearch.errors import ConfigurationError, SessionConflict
 from deepresearch.sessions.records import (
     UNFINISHED,
+    ConversationSummary,
     SessionChanges,
     SessionRecord,
     SessionStatus,
@@ -45,7 +46,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended_at TEXT,
     answer TEXT,
     citations TEXT NOT NULL DEFAULT '[]',
-    error TEXT
+    error TEXT,
+    conversation_id TEXT,
+    turn INTEGER NOT NULL DEFAULT 1,
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions (created_at DESC);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, created_at DESC);
@@ -57,10 +61,21 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 """
+# Files from before conversations get the new columns; every session then names its
+# conversation (its own id when it started one), so grouping needs no COALESCE.
+MIGRATIONS = {
+    "conversation_id": "ALTER TABLE sessions ADD COLUMN conversation_id TEXT",
+    "turn": "ALTER TABLE sessions ADD COLUMN turn INTEGER NOT NULL DEFAULT 1",
+    "client": "ALTER TABLE sessions ADD COLUMN client TEXT",
+}
+AFTER_MIGRATIONS = """
+UPDATE sessions SET conversation_id = id WHERE conversation_id IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_by_conversation ON sessions (conversation_id, turn);
+"""
 
 COLUMNS = (
     "id, question, status, created_at, owner, on_disconnect, "
-    "started_at, ended_at, answer, citations, error"
+    "started_at, ended_at, answer, citations, error, conversation_id, turn, client"
 )
 # The last sequence number is read from the events' primary key rather than kept
 # in the row: updating the row on every event doubled the writer's work.
@@ -97,6 +112,9 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
     created = _parse_time(row[3])
     assert created is not None
     return SessionRecord(
+        conversation_id=row[11] if row[11] != row[0] else None,
+        turn=row[12],
+        client=row[13],
         id=row[0],
         question=row[1],
         status=cast(SessionStatus, row[2]),
@@ -108,7 +126,7 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         answer=row[8],
         citations=json.loads(row[9]),
         error=row[10],
-        last_seq=row[11],
+        last_seq=row[14],
     )
 
 
@@ -125,6 +143,9 @@ def _row(record: SessionRecord) -> tuple[Any, ...]:
         record.answer,
         json.dumps(record.citations),
         record.error,
+        record.conversation,
+        record.turn,
+        record.client,
     )
 
 
@@ -143,7 +164,7 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 def _write_one(db: sqlite3.Connection, write: _Write) -> None:
     if write.record is not None:
         inserted = db.execute(
-            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 11)})",
+            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
             _row(write.record),
         )
         write.conflict = inserted.rowcount == 0
@@ -198,6 +219,37 @@ def _apply_changes(db: sqlite3.Connection, session_id: str, changes: SessionChan
         )
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+    present = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    for column, statement in MIGRATIONS.items():
+        if column not in present:
+            db.execute(statement)
+    db.executescript(AFTER_MIGRATIONS)
+
+
+def _doomed_conversations(db: sqlite3.Connection, cutoff: str, keep: int) -> tuple[list[str], int]:
+    """The conversations retention deletes, and how many sessions they hold."""
+    rows = db.execute(
+        "SELECT conversation_id, MAX(created_at), "
+        f"SUM(CASE WHEN {FINISHED_SQL} THEN 0 ELSE 1 END), COUNT(*) "
+        "FROM sessions GROUP BY conversation_id ORDER BY MAX(created_at) DESC"
+    )
+    doomed: list[str] = []
+    sessions = kept = 0
+    full = False
+    for conversation_id, latest, unfinished, count in rows:
+        if unfinished:
+            continue
+        full = full or kept + count > keep
+        if full or latest < cutoff:
+            doomed.append(conversation_id)
+            sessions += count
+        else:
+            kept += count
+    return doomed, sessions
+
+
 class SqliteSessionStore:
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -248,7 +300,7 @@ class SqliteSessionStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._take_lock)
         self._write_db = await loop.run_in_executor(self._writer, self._connect)
-        await self._write(lambda db: db.executescript(SCHEMA))
+        await self._write(_migrate)
         self._read_db = await loop.run_in_executor(self._reader, self._connect)
 
     async def close(self) -> None:
@@ -320,21 +372,17 @@ class SqliteSessionStore:
 
         def delete(db: sqlite3.Connection) -> int:
             with _transaction(db):
-                doomed = [
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT id FROM sessions WHERE {FINISHED_SQL} AND (created_at < ? OR id "
-                        f"NOT IN (SELECT id FROM sessions WHERE {FINISHED_SQL} "
-                        "ORDER BY created_at DESC LIMIT ?))",
-                        (cutoff, keep),
-                    )
-                ]
+                doomed, sessions = _doomed_conversations(db, cutoff, keep)
                 for start in range(0, len(doomed), 500):
                     chunk = doomed[start : start + 500]
                     marks = ", ".join("?" * len(chunk))
-                    db.execute(f"DELETE FROM events WHERE session_id IN ({marks})", chunk)
-                    db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", chunk)
-                return len(doomed)
+                    db.execute(
+                        "DELETE FROM events WHERE session_id IN "
+                        f"(SELECT id FROM sessions WHERE conversation_id IN ({marks}))",
+                        chunk,
+                    )
+                    db.execute(f"DELETE FROM sessions WHERE conversation_id IN ({marks})", chunk)
+                return sessions
 
         return await self._write(delete)
 
@@ -375,6 +423,75 @@ class SqliteSessionStore:
             ).fetchall()
             total = db.execute(f"SELECT COUNT(*) FROM sessions {where}", params).fetchone()[0]
             return [_record(row) for row in rows], total
+
+        return await self._read(fetch)
+
+    async def conversation(self, conversation_id: str) -> list[SessionRecord]:
+        def fetch(db: sqlite3.Connection) -> list[SessionRecord]:
+            rows = db.execute(
+                f"SELECT {SELECT_COLUMNS} FROM sessions WHERE conversation_id = ? ORDER BY turn",
+                (conversation_id,),
+            )
+            return [_record(row) for row in rows]
+
+        return await self._read(fetch)
+
+    async def list_conversations(
+        self, *, limit: int, offset: int = 0, owner: str | None = None
+    ) -> tuple[list[ConversationSummary], int]:
+        where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
+        turn_of = (
+            "SELECT {} FROM sessions t WHERE t.conversation_id = c.id ORDER BY turn {} LIMIT 1"
+        )
+
+        def fetch(db: sqlite3.Connection) -> tuple[list[ConversationSummary], int]:
+            rows = db.execute(
+                f"SELECT c.id, c.first, c.latest, c.turns, c.answered, "
+                f"({turn_of.format('owner', 'ASC')}), "
+                f"({turn_of.format('question', 'ASC')}), ({turn_of.format('status', 'DESC')}) "
+                "FROM (SELECT conversation_id AS id, MIN(created_at) AS first, "
+                f"MAX(created_at) AS latest, COUNT(*) AS turns, "
+                f"SUM(answer IS NOT NULL) AS answered FROM sessions {where} "
+                "GROUP BY conversation_id) c ORDER BY c.latest DESC, c.id DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            total = db.execute(
+                f"SELECT COUNT(DISTINCT conversation_id) FROM sessions {where}", params
+            ).fetchone()[0]
+            summaries = [
+                ConversationSummary(
+                    id=row[0],
+                    created_at=datetime.fromisoformat(row[1]),
+                    updated_at=datetime.fromisoformat(row[2]),
+                    turns=row[3],
+                    answered=row[4],
+                    owner=row[5],
+                    title=row[6],
+                    status=cast(SessionStatus, row[7]),
+                )
+                for row in rows
+            ]
+            return summaries, total
+
+        return await self._read(fetch)
+
+    async def latest_answered(
+        self, *, owner: str | None, client: str | None
+    ) -> SessionRecord | None:
+        clauses = ["answer IS NOT NULL"]
+        params: list[str] = []
+        for column, value in (("owner", owner), ("client", client)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+
+        def fetch(db: sqlite3.Connection) -> SessionRecord | None:
+            row = db.execute(
+                f"SELECT {SELECT_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} "
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params,
+            ).fetchone()
+            return _record(row) if row else None
 
         return await self._read(fetch)
 
