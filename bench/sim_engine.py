@@ -123,6 +123,7 @@ class Request:
     first_token_at: float | None = None
     finished_at: float | None = None
     preemptions: int = 0
+    # Called at the first token, at the end and on abort (streamers poll in between).
     notify: Callable[[], None] = lambda: None
 
     @property
@@ -423,9 +424,10 @@ class Engine:
                 if request.first_token_at is None:
                     request.first_token_at = end
                     totals.observe_ttft(end - (request.arrival or 0.0))
+                    request.notify()
                 if request.generated >= request.output_tokens:
                     self._finish(request, end)
-            request.notify()
+                    request.notify()
         self.now = end
         return end
 

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ class Driver:
     def __init__(self, engine: Engine, time_scale: float) -> None:
         self.engine = engine
         self.scale = time_scale
+        # Macro steps last at most ~20 ms of wall time, so tokens stream smoothly at any scale.
+        engine.config.max_macro_seconds = min(engine.config.max_macro_seconds, 0.02 * time_scale)
         self._origin = time.monotonic()
         self._wake = asyncio.Event()
         self.lag_max = 0.0  # how far the engine fell behind the clock (simulated s)
@@ -329,8 +331,6 @@ class ChatCompletions:
         interval = self.config.stream_interval_ms / 1000
         while True:
             progress.clear()
-            if not request.done and request.generated * workload.CHARS_PER_TOKEN <= sent:
-                await progress.wait()
             if request.state == "aborted":
                 error = json.dumps(error_body("the request was aborted", 500))
                 await send({"type": "http.response.body", "body": f"data: {error}\n\n".encode()})
@@ -355,9 +355,15 @@ class ChatCompletions:
                 out += b"data: [DONE]\n\n"
                 await send({"type": "http.response.body", "body": out, "more_body": False})
                 return
-            # Coalesce tokens: a real vLLM streams each one; the wall-clock pacing keeps the
-            # client's CPU per simulated second bounded whatever the time scale.
-            await asyncio.sleep(interval)
+            # Tokens are sent in batches every stream interval (wall time), and at once for the
+            # first token and the end: a real vLLM streams each token, but per-token chunks at
+            # a high time scale would cost the client more CPU than the simulated work.
+            if sent == 0:
+                await progress.wait()
+            else:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await progress.wait()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
