@@ -476,15 +476,17 @@ class Bench:
 
     async def run_one(
         self, shape: str, contender: Contender, sims: list[Proc], count: int,
-        label: str | None = None, kill_after: float | None = None,
+        scenario: str | None = None, kill_after: float | None = None,
     ) -> Result:  # fmt: skip
-        label = label or contender.name
+        """``count`` sessions of workload ``shape``, reported under ``scenario`` (the shape)."""
+        label = contender.name
+        scenario = scenario or shape
         await sim_call(sims, "/sim/reset", post=True)
         wall0 = time.monotonic()
-        server = start_contender(self.procs, contender, [s.url + "/v1" for s in sims], shape)
+        server = start_contender(self.procs, contender, [s.url + "/v1" for s in sims], scenario)
         if server is None:
             self.log(f"  {label:<16} not available (the server refused to start)")
-            result = Result(shape, label, available=False, note="the server refused to start")
+            result = Result(scenario, label, available=False, note="the server refused to start")
             self.results.append(result)
             return result
         # The same trajectories for every contender of a shape: seeds from the shape only.
@@ -501,7 +503,7 @@ class Bench:
             server.stop()
         stats = await sim_call(sims, "/sim/stats")
         result = measure(
-            shape, label, sessions, began, self.args.time_scale, stats, time.monotonic() - wall0
+            scenario, label, sessions, began, self.args.time_scale, stats, time.monotonic() - wall0
         )
         self.results.append(result)
         self.log(serving_report.line(result))
@@ -551,7 +553,7 @@ class Bench:
             fast = start_simulator(self.procs, "sim-fast", self.args.time_scale, 1.0)
             slow = start_simulator(self.procs, "sim-slow", self.args.time_scale, 0.5)
             try:
-                await self.run_one(label, contender, [fast, slow], count)
+                await self.run_one(shape, contender, [fast, slow], count, scenario=label)
             finally:
                 fast.stop()
                 slow.stop()
@@ -560,7 +562,7 @@ class Bench:
         slow = start_simulator(self.procs, "sim-slow", self.args.time_scale, 0.5)
         try:
             contender = Contender(f"fixed {cap}", "deepresearch", cap=cap)
-            await self.run_one("kill", contender, [fast, slow], count, kill_after=1 / 3)
+            await self.run_one(shape, contender, [fast, slow], count, "kill", kill_after=1 / 3)
         finally:
             fast.stop()
             slow.stop()
