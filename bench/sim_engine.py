@@ -202,10 +202,6 @@ class Step:
     k: int
     work: list[tuple[Request, int]]  # each request and the tokens it computes per step
 
-    @property
-    def decode_only(self) -> bool:
-        return self.k > 1
-
 
 @dataclass
 class Totals:

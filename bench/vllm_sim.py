@@ -2,7 +2,8 @@
 
 It serves vLLM's OpenAI-compatible routes over the engine in ``sim_engine.py`` (continuous
 batching, a paged KV cache with prefix caching and recompute pre-emption, a waiting queue),
-on a simulated clock that runs ``--time-scale`` times faster than the wall clock:
+on a simulated clock that runs ``--time-scale`` times faster than the wall clock
+(``sim_driver.py``), with vLLM's metrics (``sim_metrics.py``):
 
     POST /v1/chat/completions   streaming (OpenAI SSE chunks) or not; ``stop``, ``max_tokens``
     GET  /v1/models
@@ -24,12 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,6 @@ from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
@@ -47,7 +46,9 @@ from starlette.types import Receive, Scope, Send
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
-from sim_engine import TTFT_BUCKETS, CostModel, Engine, EngineConfig, Request, block_hashes
+from sim_driver import Driver
+from sim_engine import CostModel, Engine, EngineConfig, Request, block_hashes
+from sim_metrics import VllmCollector, stats
 
 DEFAULT_REPLY = "<think>\nA direct question.\n</think>\n<answer>\nA short answer.\n</answer>"
 
@@ -59,71 +60,6 @@ class SimConfig:
     stream_interval_ms: float = 50.0  # wall time between streamed chunks of one request
     metrics: bool = True
     cache_metric: str = "both"  # kv (vLLM >= 0.10), gpu (older), both
-
-
-# --------------------------------------------------------------------------- the clock
-
-
-class Driver:
-    """Runs the engine against a simulated clock: ``time_scale`` simulated s per wall s."""
-
-    def __init__(self, engine: Engine, time_scale: float) -> None:
-        self.engine = engine
-        self.scale = time_scale
-        # Macro steps last at most ~20 ms of wall time, so tokens stream smoothly at any scale.
-        engine.config.max_macro_seconds = min(engine.config.max_macro_seconds, 0.02 * time_scale)
-        self._origin = time.monotonic()
-        self._wake = asyncio.Event()
-        self.lag_max = 0.0  # how far the engine fell behind the clock (simulated s)
-        self.steps = 0
-
-    def clock(self) -> float:
-        return (time.monotonic() - self._origin) * self.scale
-
-    def submit(self, request: Request) -> None:
-        request.arrival = self.clock()
-        self.engine.add(request)
-        self._wake.set()
-
-    def abort(self, request: Request) -> None:
-        self.engine.abort(request)
-        self._wake.set()
-
-    def reset(self) -> None:
-        self.engine.reset()
-        self.lag_max = 0.0
-        self.steps = 0
-
-    async def run(self) -> None:
-        engine = self.engine
-        while True:
-            if engine.idle:
-                self._wake.clear()
-                await self._wake.wait()
-                engine.now = max(engine.now, self.clock())
-            else:
-                self.lag_max = max(self.lag_max, self.clock() - engine.now)
-            step = engine.schedule()
-            if step is None:
-                await asyncio.sleep(0)
-                continue
-            self.steps += 1
-            k = step.k
-            end = step.start + step.seconds * k
-            self._wake.clear()
-            while (delay := (end - self.clock()) / self.scale) > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    break
-                self._wake.clear()
-                if k > 1:  # an arrival or abort: stop after the step in progress
-                    k = min(k, math.floor((self.clock() - step.start) / step.seconds) + 1)
-                    end = step.start + step.seconds * k
-            engine.commit(step, k)
-            # Let the HTTP side run even when the engine is behind the clock.
-            await asyncio.sleep(0)
 
 
 # --------------------------------------------------------------------------- requests
@@ -367,103 +303,7 @@ class ChatCompletions:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-class VllmCollector:
-    """vLLM's Prometheus names, read from the engine at scrape time."""
-
-    def __init__(self, driver: Driver, config: SimConfig) -> None:
-        self.driver = driver
-        self.config = config
-
-    def collect(self) -> Iterable[Any]:
-        engine = self.driver.engine
-        totals = engine.totals
-        labels = ["model_name", "engine"]
-        values = [self.config.model, "0"]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            return family
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            return family
-
-        yield gauge("vllm:num_requests_running", "Requests in model execution batches.",
-                    len(engine.running))  # fmt: skip
-        yield gauge("vllm:num_requests_waiting", "Requests waiting to be processed.",
-                    len(engine.waiting))  # fmt: skip
-        usage = engine.pool.usage
-        if self.config.cache_metric in ("kv", "both"):
-            yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-                        usage)  # fmt: skip
-        if self.config.cache_metric in ("gpu", "both"):
-            yield gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent.",
-                        usage)  # fmt: skip
-        yield counter("vllm:num_preemptions", "Cumulative number of preemptions.",
-                      totals.preemptions)  # fmt: skip
-        yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.",
-                      totals.prefix_queries)  # fmt: skip
-        yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.",
-                      totals.prefix_hits)  # fmt: skip
-        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.",
-                      totals.prompt_tokens)  # fmt: skip
-        yield counter("vllm:generation_tokens", "Number of generation tokens processed.",
-                      totals.generation_tokens)  # fmt: skip
-        success = CounterMetricFamily(
-            "vllm:request_success", "Count of successfully processed requests.",
-            labels=[*labels, "finished_reason"],
-        )  # fmt: skip
-        success.add_metric([*values, "stop"], totals.finished)
-        success.add_metric([*values, "abort"], totals.aborted)
-        yield success
-        buckets: list[tuple[str, float]] = [
-            (repr(bound), count)
-            for bound, count in zip(TTFT_BUCKETS, totals.ttft_buckets, strict=True)
-        ]
-        buckets.append(("+Inf", totals.ttft_count))
-        ttft = HistogramMetricFamily(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-            labels=labels,
-        )  # fmt: skip
-        ttft.add_metric(values, buckets, sum_value=totals.ttft_sum)
-        yield ttft
-
-
 # --------------------------------------------------------------------------- the app
-
-
-def stats(driver: Driver) -> dict[str, Any]:
-    engine = driver.engine
-    t = engine.totals
-    busy = t.busy_seconds or 1e-9
-    return {
-        "sim_seconds": driver.clock(),
-        "busy_seconds": t.busy_seconds,
-        "kv_usage_mean": t.usage_seconds / busy,  # over the time the engine was busy
-        "kv_usage_max": t.max_usage,
-        "running_mean": t.running_seconds / busy,
-        "waiting_mean": t.waiting_seconds / busy,
-        "waiting_max": t.max_waiting,
-        "preemptions": t.preemptions,
-        "prefix_queries": t.prefix_queries,
-        "prefix_hits": t.prefix_hits,
-        "prompt_tokens": t.prompt_tokens,
-        "generation_tokens": t.generation_tokens,
-        "finished": t.finished,
-        "aborted": t.aborted,
-        "ttft_count": t.ttft_count,
-        "ttft_mean": t.ttft_sum / t.ttft_count if t.ttft_count else None,
-        "running": len(engine.running),
-        "waiting": len(engine.waiting),
-        "kv_usage": engine.pool.usage,
-        "lag_max": driver.lag_max,
-        "steps": driver.steps,
-    }
 
 
 def build_app(config: SimConfig, engine_config: EngineConfig) -> Starlette:
@@ -516,7 +356,7 @@ def build_app(config: SimConfig, engine_config: EngineConfig) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["driver"] = Driver(Engine(engine_config), config.time_scale)
-        registry.register(VllmCollector(state["driver"], config))  # type: ignore[arg-type]
+        registry.register(VllmCollector(state["driver"], config.model, config.cache_metric))  # type: ignore[arg-type]
         task = asyncio.create_task(state["driver"].run())
         try:
             yield
