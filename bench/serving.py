@@ -184,14 +184,35 @@ class Bench:
                 fast.stop()
                 slow.stop()
         self.log(f"\n== kill: {shape}, {count} sessions, the slower backend killed mid-run")
-        fast = start_simulator(self.procs, "sim-fast", self.args.time_scale, 1.0)
-        slow = start_simulator(self.procs, "sim-slow", self.args.time_scale, 0.5)
+        for contender in [
+            Contender(f"fixed {cap}", "deepresearch", cap=cap),
+            Contender("auto", "deepresearch", cap="auto"),
+        ]:
+            if self.args.only and contender.name not in self.args.only:
+                continue
+            fast = start_simulator(self.procs, "sim-fast", self.args.time_scale, 1.0)
+            slow = start_simulator(self.procs, "sim-slow", self.args.time_scale, 0.5)
+            try:
+                await self.run_one(shape, contender, [fast, slow], count, "kill", 1 / 3)
+            finally:
+                fast.stop()
+                slow.stop()
+
+    async def without_metrics(self) -> None:
+        """``auto`` on a backend without /metrics (llama.cpp, hosted APIs): latency only."""
+        shape = "medium"
+        count = self.plan.sessions[shape]
+        contender = Contender("auto", "deepresearch", cap="auto")
+        if self.args.only and contender.name not in self.args.only:
+            return
+        self.log(f"\n== no /metrics: {shape}, {count} sessions, one backend hiding /metrics")
+        sim = start_simulator(
+            self.procs, "sim-nometrics", self.args.time_scale, 1.0, "--no-metrics"
+        )
         try:
-            contender = Contender(f"fixed {cap}", "deepresearch", cap=cap)
-            await self.run_one(shape, contender, [fast, slow], count, "kill", kill_after=1 / 3)
+            await self.run_one(shape, contender, [sim], count, "no /metrics")
         finally:
-            fast.stop()
-            slow.stop()
+            sim.stop()
 
 
 def write_corpus(path: Path) -> None:
@@ -216,6 +237,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
             await bench.shape(shape)
         if args.two_backends:
             await bench.two_backends()
+            await bench.without_metrics()
     finally:
         procs.stop_all()
     return bench.results
@@ -256,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = asyncio.run(main_async(args, workdir))
     except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print(f"benchmark failed: {exc}\n(logs kept in {workdir})", file=sys.stderr)
         return 2
     wall = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)

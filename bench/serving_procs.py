@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 NO_CAP = 1024
+AUTO_BOUNDS = ("DEEPRESEARCH_MAX_CONCURRENT_MIN", "DEEPRESEARCH_MAX_CONCURRENT_MAX")
 
 
 class BenchError(Exception):
@@ -108,10 +110,10 @@ def wait_healthy(proc: Proc, path: str, seconds: float = 60.0) -> bool:
     raise BenchError(f"{proc.name} was not ready within {seconds:g} s:\n{proc.tail()}")
 
 
-def start_simulator(procs: Processes, name: str, scale: float, speed: float) -> Proc:
+def start_simulator(procs: Processes, name: str, scale: float, speed: float, *extra: str) -> Proc:
     port = free_port()
     argv = [sys.executable, str(BENCH / "vllm_sim.py"), "--port", str(port),
-            "--time-scale", str(scale), "--speed", str(speed)]  # fmt: skip
+            "--time-scale", str(scale), "--speed", str(speed), *extra]  # fmt: skip
     proc = procs.spawn(name, argv, dict(os.environ), procs.workdir)
     proc.url = f"http://{HOST}:{port}"
     if not wait_healthy(proc, "/health"):
@@ -124,9 +126,12 @@ def start_contender(
 ) -> Proc | None:
     """The contender's server, ready; None when it refuses to start (e.g. an unknown setting)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPRESEARCH_")}
+    # The caller's DEEPRESEARCH_* settings stay out, but for auto's bounds, which pass through.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("DEEPRESEARCH_") or k in AUTO_BOUNDS
+    }
     cwd = procs.workdir
-    name = f"{tag}-{contender.name.replace(' ', '-')}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{tag}-{contender.name}")  # a file name
     if contender.kind == "seed":
         env["SEED_LLM_URL"] = llm_urls[0]
         argv = [sys.executable, str(BENCH / "baselines" / "seed_server.py"), "--port", str(port)]
