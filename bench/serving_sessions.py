@@ -39,18 +39,21 @@ def sse_events(lines: list[str]) -> tuple[str, str]:
 
 async def run_session(client: httpx.AsyncClient, kind: str, base: str, session: Session) -> None:
     session.posted = time.monotonic()
-    if kind == "langgraph":
-        url = f"{base}/runs/stream"
-        body: dict[str, Any] = {
-            "assistant_id": "agent",
-            "input": {"question": session.question},
-            "stream_mode": ["custom"],
-            "config": {"recursion_limit": 200},
-        }
-    else:
-        url = f"{base}/chat/stream"
-        body = {"question": session.question}
+    url = f"{base}/chat/stream"
+    body: dict[str, Any] = {"question": session.question}
     try:
+        if kind == "langgraph":
+            # A thread per session, as a deployment that keeps conversations does: its state is
+            # checkpointed after every step, as deepresearch stores every session's events.
+            thread = await client.post(f"{base}/threads", json={})
+            thread.raise_for_status()
+            url = f"{base}/threads/{thread.json()['thread_id']}/runs/stream"
+            body = {
+                "assistant_id": "agent",
+                "input": {"question": session.question},
+                "stream_mode": ["custom"],
+                "config": {"recursion_limit": 200},
+            }
         async with client.stream("POST", url, json=body) as response:
             if response.status_code != 200:
                 session.outcome = f"http {response.status_code}"

@@ -3,8 +3,9 @@
 Two nodes, as a LangGraph user would write Tongyi DeepResearch's loop: ``model`` streams one
 reply from the OpenAI-compatible backend (``BENCH_LLM_URL``) and writes its text to the
 run's custom stream as it arrives; ``search`` runs the benchmark's search tool on the call
-and appends the ``<tool_response>``. The state is the message list; the dev server keeps a
-checkpoint of it after every step, as it does for any graph.
+and appends the ``<tool_response>``. The state is the message list; the benchmark runs each
+session on its own thread, so the dev server checkpoints that state after every step (as
+deepresearch stores every session's events).
 
 Served by ``langgraph dev --config bench/baselines/langgraph_peer/langgraph.json``.
 """
