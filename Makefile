@@ -9,7 +9,7 @@ APT_PACKAGES := chromium
 # apt-get needs root: sudo when not root (and there).
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-.PHONY: install system-packages serve test check lint types bench clean
+.PHONY: install system-packages serve test check lint types bench bench-serving clean
 
 install: $(STAMP) system-packages
 
@@ -48,5 +48,20 @@ check: lint types test
 bench: install
 	$(BIN)/python bench/streams.py
 
+# The serving benchmark needs LangGraph's dev server and matplotlib (the `bench` extra). They get
+# their own venv: langsmith, which langgraph-api pulls in, registers a pytest plugin that would
+# otherwise load into `make test`. ARGS are passed on, e.g. `make bench-serving ARGS=--quick`.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench-serving: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/serving.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) .deepresearch .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .deepresearch .pytest_cache .mypy_cache .ruff_cache
