@@ -1,7 +1,9 @@
-"""The Redis store passes the store conformance suite, against a real redis-server."""
+"""The Redis store passes the store and event-log conformance suites, against a real
+redis-server, and keeps its own promises: sequence-checked appends, retention by TTL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from deepresearch.sessions import SessionStore
 from deepresearch.sessions.redis import RedisSessionStore
 from tests.sessions.conformance import Reopen, StoreConformance
+from tests.sessions.eventlog_conformance import EventLogConformance, TailWaiting
 
 
 @pytest.fixture
@@ -41,5 +44,34 @@ def reopen(redis_url: str, stores: list[RedisSessionStore]) -> Reopen:
     return again
 
 
+@pytest.fixture
+def log(store: RedisSessionStore) -> RedisSessionStore:
+    return store
+
+
+@pytest.fixture
+async def writer(redis_url: str, stores: list[RedisSessionStore]) -> RedisSessionStore:
+    """A second store on the same server: a worker on another machine."""
+    other = RedisSessionStore(redis_url)
+    await other.open()
+    stores.append(other)
+    return other
+
+
+@pytest.fixture
+def tail_waiting(store: RedisSessionStore) -> TailWaiting:
+    async def waiting() -> None:  # until the server counts a client blocked in XREAD
+        while True:
+            if (await store.client.info("clients"))["blocked_clients"] > 0:
+                return
+            await asyncio.sleep(0.001)
+
+    return waiting
+
+
 class TestRedisStore(StoreConformance):
+    pass
+
+
+class TestRedisEventLog(EventLogConformance):
     pass

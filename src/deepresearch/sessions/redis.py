@@ -16,7 +16,7 @@ itself (Redis TTLs), counted from its last turn's end.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -33,6 +33,8 @@ from deepresearch.sessions.records import (
     SessionStatus,
     StoredEvent,
 )
+from deepresearch.sessions.redis_checkpoints import RedisCheckpointStore
+from deepresearch.sessions.redis_leases import RedisLeases
 from deepresearch.sessions.redis_scripts import RedisKeys
 
 # Conversations dropped per purge call; the rest go on the next one.
@@ -158,11 +160,20 @@ class RedisSessionStore:
     async def open(self) -> None:
         # decode_responses: every value we keep is text (JSON included).
         self._client = Redis.from_url(self._url, decode_responses=True)
-        await self._client.execute_command("PING")  # fail at start, not at first use
+        # Fail at start, not at first use. (redis-py types every command as sync-or-async.)
+        await cast("Awaitable[bool]", self._client.ping())
         self._create = self._client.register_script(scripts.CREATE)
         self._write = self._client.register_script(scripts.WRITE)
         self._purge = self._client.register_script(scripts.PURGE)
         self._prune = self._client.register_script(scripts.PRUNE)
+
+    def leases(self) -> RedisLeases:
+        """Session leases on this store's client and prefix."""
+        return RedisLeases(self.client, self.keys)
+
+    def checkpoints(self) -> RedisCheckpointStore:
+        """Agent checkpoints on this store's client and prefix."""
+        return RedisCheckpointStore(self.client, self.keys)
 
     async def close(self) -> None:
         if self._client is not None:
