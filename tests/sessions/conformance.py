@@ -104,6 +104,24 @@ class StoreConformance:
         page, total = await store.list_sessions(limit=10, owner="o0")
         assert [r.id for r in page] == ["s-4", "s-2", "s-0"] and total == 3
 
+    async def test_status_changes_move_a_session_between_listings(
+        self, store: SessionStore
+    ) -> None:
+        await store.create(record("mine", minutes=0, owner="o"))
+        await store.create(record("theirs", minutes=1, owner="p"))
+        await store.update("mine", SessionChanges(status="processing", started_at=T0))
+        assert sorted(r.id for r in await store.unfinished()) == ["mine", "theirs"]
+        await store.append("mine", events(1, 1, "completed"), SessionChanges(status="completed"))
+        assert [r.id for r in await store.unfinished()] == ["theirs"]
+        page, total = await store.list_sessions(limit=10, status="completed", owner="o")
+        assert [r.id for r in page] == ["mine"] and total == 1
+        page, total = await store.list_sessions(limit=10, status="completed", owner="p")
+        assert page == [] and total == 0
+        page, total = await store.list_sessions(limit=10, status="queued")
+        assert [r.id for r in page] == ["theirs"] and total == 1
+        page, total = await store.list_sessions(limit=10, status="processing")
+        assert page == [] and total == 0
+
     async def test_unfinished_lists_queued_and_processing(self, store: SessionStore) -> None:
         await store.create(record("queued", status="queued"))
         await store.create(record("running", minutes=1, status="processing"))

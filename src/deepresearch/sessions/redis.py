@@ -16,12 +16,17 @@ itself (Redis TTLs), counted from its last turn's end.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deepresearch.errors import LeaseLost, SessionConflict, SessionNotFound, StaleAppend
 from deepresearch.sessions import redis_scripts as scripts
@@ -39,6 +44,9 @@ from deepresearch.sessions.redis_scripts import RedisKeys
 
 # Conversations dropped per purge call; the rest go on the next one.
 PURGE_BATCH = 100
+# A command that meets a dropped connection is retried this often, backing off from
+# 0.05 s to 1 s between tries (about 5 s in all): a Redis restart, not an outage.
+RECONNECT_RETRIES = 8
 # Entries one tail read returns at most; the caller reads again for more.
 TAIL_COUNT = 1000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -158,8 +166,15 @@ class RedisSessionStore:
         return self._client
 
     async def open(self) -> None:
-        # decode_responses: every value we keep is text (JSON included).
-        self._client = Redis.from_url(self._url, decode_responses=True)
+        # decode_responses: every value we keep is text (JSON included). A command that
+        # meets a dropped connection (Redis restarted) reconnects and is sent again;
+        # the scripts make a repeated create or append a no-op, not a conflict.
+        self._client = Redis.from_url(
+            self._url,
+            decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RECONNECT_RETRIES),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         # Fail at start, not at first use. (redis-py types every command as sync-or-async.)
         await cast("Awaitable[bool]", self._client.ping())
         self._create = self._client.register_script(scripts.CREATE)
@@ -194,6 +209,7 @@ class RedisSessionStore:
             owner,
             record.status,
             "1" if record.answer is not None else "0",
+            uuid.uuid4().hex,  # write id: a retried call is recognised, not repeated
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -216,6 +232,7 @@ class RedisSessionStore:
             session_id,
             lease or "",
             self._retention_ms,
+            uuid.uuid4().hex,  # write id: a retried call is recognised, not repeated
             len(events),
         ]
         for event in events:

@@ -62,15 +62,21 @@ end
 """
 
 # ARGV: prefix, id, score, conversation id, turn, owner ('' = none), status,
-# answered ('1' or '0'), then the hash's field/value pairs.
+# answered ('1' or '0'), write id, then the hash's field/value pairs.
+# Every call carries a fresh write id, kept in the record: a client that retries a
+# call whose reply was lost (Redis restarted) finds its own id and does nothing twice.
 CREATE = """
-local p, id, score, cid, turn, owner, status, answered =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local p, id, score, cid, turn, owner, status, answered, write_id =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local hash = p .. ':session:' .. id
-if redis.call('EXISTS', hash) == 1 then return 0 end
+if redis.call('EXISTS', hash) == 1 then
+  -- Our own create again (a retry after a lost reply) succeeds; anyone else's conflicts.
+  if redis.call('HGET', hash, 'write_id') == write_id then return 1 end
+  return 0
+end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', hash, unpack(fields))
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', hash, 'write_id', write_id, unpack(fields))
 redis.call('ZADD', p .. ':sessions', score, id)
 redis.call('ZADD', p .. ':sessions:status:' .. status, score, id)
 redis.call('ZADD', p .. ':turns:' .. cid, turn, id)
@@ -95,14 +101,15 @@ end
 return 1
 """
 
-# ARGV: prefix, id, lease token ('' = unfenced), retention ms ('0' = none),
-# number of events n, then n triples (seq, type, data), then change field/value pairs.
+# ARGV: prefix, id, lease token ('' = unfenced), retention ms ('0' = none), write id
+# (as in CREATE), number of events n, then n triples (seq, type, data), then change
+# field/value pairs.
 # Errors: NOSESSION, LEASELOST, STALE (nothing is written then).
 WRITE = (
     FINISHED_ONLY
     + """
-local p, id, token = ARGV[1], ARGV[2], ARGV[3]
-local retention, n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local p, id, token, write_id = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local retention, n = tonumber(ARGV[4]), tonumber(ARGV[6])
 local hash = p .. ':session:' .. id
 if redis.call('EXISTS', hash) == 0 then
   return redis.error_reply('NOSESSION no session ' .. id)
@@ -111,21 +118,23 @@ if token ~= '' and redis.call('GET', p .. ':lease:' .. id) ~= token then
   return redis.error_reply('LEASELOST session ' .. id .. ' is leased to another worker')
 end
 local last = tonumber(redis.call('HGET', hash, 'last_seq') or '0')
+if redis.call('HGET', hash, 'write_id') == write_id then return last end
+local stream = p .. ':events:' .. id
 local previous = last
 for k = 0, n - 1 do
-  local seq = tonumber(ARGV[6 + 3 * k])
+  local seq = tonumber(ARGV[7 + 3 * k])
   if seq <= previous then
     return redis.error_reply('STALE event ' .. seq .. ' of ' .. id .. ' is not after ' .. previous)
   end
   previous = seq
 end
-local stream = p .. ':events:' .. id
+redis.call('HSET', hash, 'write_id', write_id)
 for k = 0, n - 1 do
-  local at = 6 + 3 * k
+  local at = 7 + 3 * k
   redis.call('XADD', stream, ARGV[at] .. '-0', 't', ARGV[at + 1], 'd', ARGV[at + 2])
 end
 if n > 0 then redis.call('HSET', hash, 'last_seq', previous) end
-local first_change = 6 + 3 * n
+local first_change = 7 + 3 * n
 if first_change > #ARGV then return previous end
 local old = redis.call('HMGET', hash, 'status', 'created_us', 'owner', 'answer', 'conversation')
 local changes = {}
