@@ -173,3 +173,18 @@ async def test_two_writers_of_one_sequence_number_one_wins(
         )
         assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "StaleAppend"]
     assert [e.seq for e in await stores[1].events("s-1")] == list(range(1, 21))
+
+
+class Unreachable(LocalLeases):
+    """A lease store whose renewals fail as if its server had gone away."""
+
+    async def renew(self, session_id: str, token: str, ttl: float) -> bool:
+        raise ConnectionError("store unreachable")
+
+
+async def test_a_heartbeat_that_cannot_reach_its_store_gives_up_after_the_ttl() -> None:
+    leases = Unreachable()
+    assert await leases.acquire("s-1", "a", ttl=0.2)
+    async with Heartbeat(leases, "s-1", "a", ttl=0.2, interval=0.02) as beat:
+        await asyncio.wait_for(beat.lost.wait(), 10)
+        assert beat.renewals == 0
