@@ -63,29 +63,32 @@ async def used_memory(store: RedisSessionStore) -> int:
     return int(info["used_memory"])
 
 
+async def redis_cpu(store: RedisSessionStore) -> float:
+    info: dict[str, Any] = await store.client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def commands_per_event(store: RedisSessionStore, batch: int, events: int) -> None:
     session_id = f"ops-{batch}"
     await store.create(record(session_id))
     await store.leases().acquire(session_id, "worker", ttl=60)
     before = await commandstats(store)
+    cpu_before = await redis_cpu(store)
     for first in range(1, events + 1, batch):
         await store.append(
             session_id, [event(seq) for seq in range(first, first + batch)], lease="worker"
         )
+    cpu = await redis_cpu(store) - cpu_before
     after = await commandstats(store)
     calls = {name: after[name] - before.get(name, 0) for name in after}
     calls = {name: n for name, n in calls.items() if n and name != "info"}
     inside = sum(n for name, n in calls.items() if name not in ("evalsha", "eval"))
     print(
         f"  batch of {batch:>2}: {calls.get('evalsha', 0) / events:.2f} round trips and "
-        f"{inside / events:.2f} commands inside the script per event  "
+        f"{inside / events:.2f} commands inside the script per event, "
+        f"redis-server CPU {cpu / events * 1e6:.0f} µs per event  "
         f"({', '.join(f'{name} {n}' for name, n in sorted(calls.items()))})"
     )
-
-
-async def redis_cpu(store: RedisSessionStore) -> float:
-    info: dict[str, Any] = await store.client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def worker_to_follower(url: str, sessions: int, events: int) -> None:
