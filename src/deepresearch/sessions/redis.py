@@ -123,7 +123,8 @@ def _record(fields: dict[str, str]) -> SessionRecord:
     )
 
 
-def _event(entry_id: str, fields: dict[str, str]) -> StoredEvent:
+def stream_event(entry_id: str, fields: dict[str, str]) -> StoredEvent:
+    """A stream entry (id ``<seq>-0``) as the event it holds."""
     return StoredEvent(int(entry_id.split("-", 1)[0]), fields["t"], fields["d"])
 
 
@@ -158,6 +159,10 @@ class RedisSessionStore:
         self.keys = RedisKeys(prefix)
         self._retention_ms = int(retention.total_seconds() * 1000) if retention else 0
         self._client: Redis | None = None
+
+    @property
+    def url(self) -> str:
+        return self._url
 
     @property
     def client(self) -> Redis:
@@ -372,7 +377,7 @@ class RedisSessionStore:
         entries: list[tuple[str, dict[str, str]]] = await self.client.xrange(
             self.keys.events(session_id), min=f"({after}-0", max="+"
         )
-        return [_event(entry_id, fields) for entry_id, fields in entries]
+        return [stream_event(entry_id, fields) for entry_id, fields in entries]
 
     async def tail(self, session_id: str, after: int, timeout: float) -> list[StoredEvent]:
         """Events after ``after``: at once if there are some, else the first ones to
@@ -386,7 +391,7 @@ class RedisSessionStore:
         if not answer:
             return []
         _, entries = answer[0]
-        return [_event(entry_id, fields) for entry_id, fields in entries]
+        return [stream_event(entry_id, fields) for entry_id, fields in entries]
 
 
 def _summary(
