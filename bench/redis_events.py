@@ -6,8 +6,9 @@ drives the real ``RedisSessionStore``:
 1. server commands per appended event (``INFO commandstats``), one fenced event
    per append as a worker writes while streaming, and in batches of 10;
 2. worker → follower: S sessions, each with a writer appending E events one at a
-   time and a follower in a ``tail`` loop (``XREAD BLOCK``); events/s delivered and
-   the delay from append to receipt;
+   time and a follower, either in its own ``tail`` loop (an ``XREAD BLOCK`` each) or
+   subscribed to one ``TailHub`` (one ``XREAD BLOCK`` for all); events/s delivered,
+   the delay from append to receipt, redis-server CPU per event;
 3. memory: per finished session (record, indexes, a 13-event stream), per further
    stream entry, and per follower blocked in ``XREAD`` (server side).
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from deepresearch.sessions import SessionRecord, StoredEvent  # noqa: E402
 from deepresearch.sessions.redis import RedisSessionStore  # noqa: E402
+from deepresearch.sessions.redis_tails import TailHub  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 PAYLOAD = "x" * 240  # a typical stored delta row is 200-400 bytes of JSON
@@ -91,23 +93,33 @@ async def commands_per_event(store: RedisSessionStore, batch: int, events: int) 
     )
 
 
-async def worker_to_follower(url: str, sessions: int, events: int) -> None:
+async def worker_to_follower(url: str, sessions: int, events: int, *, hub: bool) -> None:
     writer, reader = RedisSessionStore(url), RedisSessionStore(url)
     await writer.open()
     await reader.open()
     delays: list[float] = []
     cpu_before = await redis_cpu(writer)
     try:
-        ids = [f"flow-{sessions}-{n}" for n in range(sessions)]
+        ids = [f"flow-{sessions}-{hub}-{n}" for n in range(sessions)]
         for session_id in ids:
             await writer.create(record(session_id))
 
+        tails = TailHub(reader)
+        await tails.__aenter__()
+
         async def follow(session_id: str) -> None:
             last = 0
+            subscription = await tails.subscribe(session_id, 0) if hub else None
             while last < events:
-                for got in await reader.tail(session_id, last, timeout=10):
+                if subscription is not None:
+                    batch = await subscription.next(timeout=10)
+                else:
+                    batch = await reader.tail(session_id, last, timeout=10)
+                for got in batch:
                     delays.append(time.perf_counter() - json.loads(got.data)["sent"])
                     last = got.seq
+            if subscription is not None:
+                subscription.close()
 
         async def write(session_id: str) -> None:
             for seq in range(1, events + 1):
@@ -119,13 +131,15 @@ async def worker_to_follower(url: str, sessions: int, events: int) -> None:
         await asyncio.gather(*followers)
         wall = time.perf_counter() - started
         cpu = await redis_cpu(writer) - cpu_before
+        await tails.__aexit__(None, None, None)
     finally:
         await writer.close()
         await reader.close()
     total = sessions * events
     cuts = statistics.quantiles(delays, n=100)
     print(
-        f"  {sessions:>4} sessions x {events} events: {total / wall:,.0f} events/s delivered "
+        f"  {sessions:>4} sessions x {events} events, "
+        f"{'one TailHub' if hub else 'a tail per follower'}: {total / wall:,.0f} events/s "
         f"({wall:.1f} s); append -> follower p50 {cuts[49] * 1000:.1f} ms, "
         f"p99 {cuts[98] * 1000:.1f} ms; redis-server CPU {cpu / total * 1e6:.0f} µs per event "
         "(append + delivery; one Python process writes and reads, and is the bottleneck)"
@@ -180,8 +194,9 @@ async def main(sessions: int, events: int) -> None:
             await commands_per_event(store, batch=1, events=1000)
             await commands_per_event(store, batch=10, events=1000)
             print("2. Worker -> follower through Redis (append, then XREAD BLOCK):")
-            await worker_to_follower(server.url, 1, events * 10)
-            await worker_to_follower(server.url, sessions, events)
+            await worker_to_follower(server.url, 1, events * 10, hub=False)
+            await worker_to_follower(server.url, sessions, events, hub=False)
+            await worker_to_follower(server.url, sessions, events, hub=True)
             print("3. Memory:")
             await memory(store, server.url)
         finally:
