@@ -41,6 +41,7 @@ from deepresearch.sessions.records import (
 from deepresearch.sessions.redis_checkpoints import RedisCheckpointStore
 from deepresearch.sessions.redis_leases import RedisLeases
 from deepresearch.sessions.redis_scripts import RedisKeys
+from deepresearch.sessions.redis_workers import RedisWorkers
 
 # Conversations dropped per purge call; the rest go on the next one.
 PURGE_BATCH = 100
@@ -194,6 +195,10 @@ class RedisSessionStore:
     def checkpoints(self) -> RedisCheckpointStore:
         """Agent checkpoints on this store's client and prefix."""
         return RedisCheckpointStore(self.client, self.keys)
+
+    def workers(self) -> RedisWorkers:
+        """Worker heartbeats (cluster-wide health) on this store's client and prefix."""
+        return RedisWorkers(self.client, self.keys)
 
     async def close(self) -> None:
         if self._client is not None:
