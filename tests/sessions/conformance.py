@@ -236,3 +236,15 @@ class StoreConformance:
         assert removed == 2
         assert await store.conversation("talk") == [] and await store.events("talk") == []
         assert len(await store.conversation("busy")) == 2
+
+    async def test_retention_skips_a_conversation_busy_in_any_turn(
+        self, store: SessionStore
+    ) -> None:
+        await store.create(record("a", minutes=5, status="processing"))
+        await store.create(record("a2", minutes=6, conversation_id="a", turn=2, status="completed"))
+        await store.create(record("d", minutes=4, status="processing"))
+        await store.create(record("b", minutes=1, status="completed"))
+        removed = await store.prune(older_than=T0 + timedelta(minutes=10), keep=100)
+        assert removed == 1 and await store.get("b") is None
+        for kept in ("a", "a2", "d"):
+            assert await store.get(kept) is not None

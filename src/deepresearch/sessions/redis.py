@@ -286,8 +286,8 @@ class RedisSessionStore:
         full = False
         # The same rule as the SQLite store: newest first, skip busy conversations.
         for (conversation_id, latest), turns in zip(ranked, turn_lists, strict=True):
-            busy = any(next(statuses) in UNFINISHED for _ in turns)
-            if busy:
+            turn_statuses = [next(statuses) for _ in turns]  # consumed in step with `turns`
+            if any(status in UNFINISHED for status in turn_statuses):
                 continue
             full = full or kept + len(turns) > keep
             if full or latest < cutoff:
