@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Debian packages the tests need: Chromium for the web page's browser tests.
-APT_PACKAGES := chromium
+# Debian packages the tests need: Chromium for the web page's browser tests, and
+# redis-server for the Redis store's tests (each starts its own on a free port).
+APT_PACKAGES := chromium redis-server
 # apt-get needs root: sudo when not root (and there).
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
@@ -27,7 +28,7 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
 	touch $(STAMP)
 
 serve: install

@@ -104,6 +104,24 @@ class StoreConformance:
         page, total = await store.list_sessions(limit=10, owner="o0")
         assert [r.id for r in page] == ["s-4", "s-2", "s-0"] and total == 3
 
+    async def test_status_changes_move_a_session_between_listings(
+        self, store: SessionStore
+    ) -> None:
+        await store.create(record("mine", minutes=0, owner="o"))
+        await store.create(record("theirs", minutes=1, owner="p"))
+        await store.update("mine", SessionChanges(status="processing", started_at=T0))
+        assert sorted(r.id for r in await store.unfinished()) == ["mine", "theirs"]
+        await store.append("mine", events(1, 1, "completed"), SessionChanges(status="completed"))
+        assert [r.id for r in await store.unfinished()] == ["theirs"]
+        page, total = await store.list_sessions(limit=10, status="completed", owner="o")
+        assert [r.id for r in page] == ["mine"] and total == 1
+        page, total = await store.list_sessions(limit=10, status="completed", owner="p")
+        assert page == [] and total == 0
+        page, total = await store.list_sessions(limit=10, status="queued")
+        assert [r.id for r in page] == ["theirs"] and total == 1
+        page, total = await store.list_sessions(limit=10, status="processing")
+        assert page == [] and total == 0
+
     async def test_unfinished_lists_queued_and_processing(self, store: SessionStore) -> None:
         await store.create(record("queued", status="queued"))
         await store.create(record("running", minutes=1, status="processing"))
@@ -218,3 +236,15 @@ class StoreConformance:
         assert removed == 2
         assert await store.conversation("talk") == [] and await store.events("talk") == []
         assert len(await store.conversation("busy")) == 2
+
+    async def test_retention_skips_a_conversation_busy_in_any_turn(
+        self, store: SessionStore
+    ) -> None:
+        await store.create(record("a", minutes=5, status="processing"))
+        await store.create(record("a2", minutes=6, conversation_id="a", turn=2, status="completed"))
+        await store.create(record("d", minutes=4, status="processing"))
+        await store.create(record("b", minutes=1, status="completed"))
+        removed = await store.prune(older_than=T0 + timedelta(minutes=10), keep=100)
+        assert removed == 1 and await store.get("b") is None
+        for kept in ("a", "a2", "d"):
+            assert await store.get(kept) is not None

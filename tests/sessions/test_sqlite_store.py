@@ -1,7 +1,8 @@
-"""The SQLite store passes the store conformance suite."""
+"""The SQLite store passes the store and event-log conformance suites."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from deepresearch.sessions import SessionStore, SqliteSessionStore
 from tests.sessions.conformance import Reopen, StoreConformance
+from tests.sessions.eventlog_conformance import EventLogConformance, TailWaiting
 
 
 @pytest.fixture
@@ -39,6 +41,32 @@ def reopen(tmp_path: Path, stores: list[SqliteSessionStore]) -> Reopen:
         return fresh
 
     return again
+
+
+@pytest.fixture
+def log(store: SqliteSessionStore) -> SqliteSessionStore:
+    return store
+
+
+@pytest.fixture
+def writer(store: SqliteSessionStore) -> SqliteSessionStore:
+    """One process writes and reads: the writer is the store itself."""
+    return store
+
+
+@pytest.fixture
+def tail_waiting(store: SqliteSessionStore) -> TailWaiting:
+    async def waiting() -> None:
+        while True:
+            if store._appended.waiting > 0:
+                return
+            await asyncio.sleep(0.001)
+
+    return waiting
+
+
+class TestSqliteEventLog(EventLogConformance):
+    pass
 
 
 class TestSqliteStore(StoreConformance):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 from deepresearch.errors import ConfigurationError, SessionConflict
+from deepresearch.sessions.eventlog import AppendSignal, tail_by_signal
 from deepresearch.sessions.records import (
     UNFINISHED,
     ConversationSummary,
@@ -260,6 +261,7 @@ class SqliteSessionStore:
         self._pending: Batch = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
+        self._appended = AppendSignal()  # wakes `tail` readers after each commit
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -359,6 +361,8 @@ class SqliteSessionStore:
                         continue
                     if failure is None:
                         write.future.set_result(None)
+                        if write.events:
+                            self._appended.notify(write.session_id)
                     else:
                         write.future.set_exception(failure)
         finally:
@@ -513,3 +517,8 @@ class SqliteSessionStore:
             return [StoredEvent(seq, type_, data) for seq, type_, data in rows]
 
         return await self._read(fetch)
+
+    async def tail(self, session_id: str, after: int, timeout: float) -> list[StoredEvent]:
+        """The events after ``after``, waiting up to ``timeout`` s for the first one:
+        every append goes through this process, so a commit wakes its readers."""
+        return await tail_by_signal(self._appended, self.events, session_id, after, timeout)
