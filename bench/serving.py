@@ -62,17 +62,24 @@ class Plan:
     sessions: dict[str, int]
     sweep: dict[str, list[int]]
     two_backend_sessions: int
+    headroom_sessions: int
+    headroom_sweep: list[int]
 
 
+HEADROOM_KV = 960_000  # tokens of KV cache in the "headroom" scenario (8x the default)
 FULL = Plan(
     sessions={"short": 24, "medium": 16, "long": 6},
     sweep={"short": [6, 8, 12, 16], "medium": [2, 4, 6], "long": [1, 2, 4]},
     two_backend_sessions=16,
+    headroom_sessions=64,
+    headroom_sweep=[3, 16, 32, 64],
 )
 QUICK = Plan(
     sessions={"short": 8, "medium": 6, "long": 3},
     sweep={"short": [8], "medium": [4], "long": [2]},
     two_backend_sessions=6,
+    headroom_sessions=16,
+    headroom_sweep=[3, 16],
 )
 
 
@@ -199,6 +206,30 @@ class Bench:
                 fast.stop()
                 slow.stop()
 
+    async def headroom(self) -> None:
+        """A backend with room to spare: eight times the KV cache (say FP8 KV on a bigger
+        deployment), the same step costs; where batching many sessions pays."""
+        shape, count = "short", self.plan.headroom_sessions
+        label = "headroom"
+        self.log(
+            f"\n== {label}: {shape}, {count} sessions, one backend with {HEADROOM_KV:,} KV tokens"
+        )
+        sim = start_simulator(
+            self.procs, "sim-headroom", self.args.time_scale, 1.0, "--kv-tokens", str(HEADROOM_KV)
+        )
+        try:
+            for contender in [
+                Contender("seed", "seed"),
+                *(Contender(f"fixed {c}", "deepresearch", cap=c) for c in self.plan.headroom_sweep),
+                Contender("auto", "deepresearch", cap="auto"),
+                Contender("no cap", "deepresearch", cap=NO_CAP),
+            ]:
+                if self.args.only and contender.name not in self.args.only:
+                    continue
+                await self.run_one(shape, contender, [sim], count, scenario=label)
+        finally:
+            sim.stop()
+
     async def without_metrics(self) -> None:
         """``auto`` on a backend without /metrics (llama.cpp, hosted APIs): latency only."""
         shape = "medium"
@@ -236,6 +267,8 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
     try:
         for shape in args.shapes:
             await bench.shape(shape)
+        if args.headroom:
+            await bench.headroom()
         if args.two_backends:
             await bench.two_backends()
             await bench.without_metrics()
@@ -256,6 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", default="short,medium,long")
     parser.add_argument("--only", default="", help="contender names, comma-separated")
     parser.add_argument("--no-two-backends", dest="two_backends", action="store_false")
+    parser.add_argument("--no-headroom", dest="headroom", action="store_false")
     parser.add_argument("--run-timeout", type=float, default=180.0,
                         help="wall seconds one contender's burst may take")  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH / "results")

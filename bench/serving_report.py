@@ -76,7 +76,9 @@ def _by(results: list[Any], shape: str, name: str) -> Any | None:
 def targets(results: list[Any]) -> str:
     """The issue's targets, for auto where it ran and for the best fixed cap meanwhile."""
     out = []
-    shapes = [s for s in ("short", "medium", "long") if any(r.shape == s for r in results)]
+    shapes = [
+        s for s in ("short", "medium", "long", "headroom") if any(r.shape == s for r in results)
+    ]
     for shape in shapes:
         fixed = [r for r in results if r.shape == shape and r.contender.startswith("fixed ")]
         best = max(fixed, key=lambda r: r.sessions_per_hour or 0.0, default=None)
@@ -148,7 +150,9 @@ def plot(results: list[Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shapes = [s for s in ("short", "medium", "long") if any(r.shape == s for r in results)]
+    shapes = [
+        s for s in ("short", "medium", "long", "headroom") if any(r.shape == s for r in results)
+    ]
     metrics = [
         ("sessions_per_hour", "sessions / hour"),
         ("session_p95", "p95 session time (s)"),

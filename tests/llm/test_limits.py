@@ -40,12 +40,15 @@ def test_preemptions_back_it_off_and_end_the_slow_start() -> None:
     assert control.observe(busy(vllm(preemptions=12))) == 26
 
 
-def test_a_growing_waiting_queue_backs_it_off_but_a_blip_does_not() -> None:
+def test_a_queue_for_memory_backs_it_off_but_a_blip_or_a_prefill_burst_does_not() -> None:
     control = AdaptiveLimit(LimitBounds(initial=10))
     control.slow_start = False
-    assert control.observe(busy(vllm(waiting=5))) == 10  # one long reading: hold, no growth
-    assert control.observe(busy(vllm(waiting=6))) == 7  # it stayed long: back off
+    assert control.observe(busy(vllm(waiting=5, kv=0.85))) == 10  # one long reading: hold
+    assert control.observe(busy(vllm(waiting=6, kv=0.85))) == 7  # it stayed long: back off
     assert control.observe(busy(vllm(waiting=0))) == 8
+    # A queue behind a burst of prefills, with the cache far from full, drains by itself.
+    assert control.observe(busy(vllm(waiting=20, kv=0.3))) == 9
+    assert control.observe(busy(vllm(waiting=20, kv=0.3))) == 10
 
 
 def test_a_full_kv_cache_stops_growth_without_backing_off() -> None:

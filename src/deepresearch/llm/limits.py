@@ -104,6 +104,7 @@ class LimitBounds:
 # Backing off: by how much, and the signs that call for it.
 BACKOFF = 0.75
 KV_FULL = 0.92  # above this much KV cache in use, no more calls
+KV_BUSY = 0.8  # above this, a queue at the backend is waiting for memory
 WAITING_SHARE = 0.1  # a backend queue longer than this share of the limit is congestion
 TTFT_TOLERANCE = 4.0  # times the unloaded time to first piece
 GAP_TOLERANCE = 2.5  # times the unloaded time between pieces
@@ -169,12 +170,16 @@ class AdaptiveLimit:
                 before = self._preemptions
                 preempted = before is not None and signals.preemptions > before
                 self._preemptions = signals.preemptions
+            # A queue behind a burst of prefills drains by itself; one behind a cache that
+            # is nearly full does not. Only the second is congestion.
+            memory_bound = signals.kv_usage is None or signals.kv_usage >= KV_BUSY
             long_queue = signals.waiting > max(1.0, WAITING_SHARE * self.limit)
             queue_stays = long_queue and self._waiting_before > max(1.0, WAITING_SHARE * self.limit)
             self._waiting_before = signals.waiting
             kv_full = signals.kv_usage is not None and signals.kv_usage >= KV_FULL
             thrashing = self._thrashing(signals)
-            return preempted or queue_stays or thrashing, kv_full or signals.waiting > 0
+            congested = preempted or thrashing or (queue_stays and memory_bound)
+            return congested, kv_full or (long_queue and memory_bound)
         return self._latency_congested(reading), False
 
     def _thrashing(self, signals: BackendSignals) -> bool:
