@@ -26,8 +26,11 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from deepresearch.search.synonyms import LAY_TERMS
-from deepresearch.tools.base import Source
+from deepresearch.search import vocabulary
+from deepresearch.search.relevance import MIN_SCORE, NEAR_BEST, Passage, Scorer
+from deepresearch.search.results import SearchResult
+from deepresearch.search.understanding import Understanding, understand
+from deepresearch.search.vocabulary import Vocabulary
 
 T = TypeVar("T")
 Progress = Callable[[int], None] | None
@@ -68,6 +71,7 @@ CREATE TABLE IF NOT EXISTS documents (
     question TEXT GENERATED ALWAYS AS (json_extract(extra, '$.question')) VIRTUAL
 );
 CREATE INDEX IF NOT EXISTS documents_origin ON documents (origin, generation);
+CREATE INDEX IF NOT EXISTS documents_title ON documents (title);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -94,19 +98,15 @@ ON CONFLICT (id) DO UPDATE SET
     origin = excluded.origin, generation = excluded.generation
 """
 
-# Ranking reads only the FTS index; rows and snippets are then fetched for the
-# winners alone. One query doing both built them for every match before sorting:
-# twice the latency on the full corpus.
+# BM25 gathers candidates from the FTS index alone; rows are then read for those
+# and for the focus's own pages, and ranked by coverage (``relevance.py``).
 _RANK = f"""
 SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?
 ORDER BY bm25(documents_fts, {", ".join(map(str, _WEIGHTS))}) LIMIT ?
 """
-_FETCH = f"""
-SELECT d.id, d.title, d.url, d.text, d.year,
-       snippet(documents_fts, 1, '', '', '…', {_SNIPPET_TOKENS})
-FROM documents_fts JOIN documents AS d ON d.n = documents_fts.rowid
-WHERE documents_fts MATCH ? AND documents_fts.rowid = ?
-"""
+_CANDIDATES = 60  # BM25 candidates per search
+_PAGE_PASSAGES = 400  # passages read from the focus's own pages, at most
+_ROW = "SELECT n, title, text, extra, id, url, year FROM documents"
 
 # A common English list; no domain words, BM25 IDF already discounts those.
 _STOPWORD_TEXT = (
@@ -122,6 +122,7 @@ _STOPWORD_TEXT = (
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W_]+")  # letters and digits only: never a quote or FTS operator
 _MAX_TERMS = 64  # a pasted essay should not become a thousand-way OR
+_MAX_NAMES = 12  # other names of the focus added to a query
 
 # id, source, url, title, year, text, extra, origin, generation
 Row = tuple[str, str, str, str | None, int | None, str, str, str, int]
@@ -148,10 +149,16 @@ def fts_query(text: str) -> str:
     normal = "".join(c for c in decomposed if not unicodedata.combining(c))
     words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in _STOPWORDS)
     terms = list(dict.fromkeys(words))[:_MAX_TERMS]  # dict: dedupe, keep order
-    # A clinical term also finds its consumer-health phrase ("hypertension": the
-    # NIH's pages say "high blood pressure"), as one quoted phrase.
-    phrases = [words for term, words in LAY_TERMS.items() if term in " ".join(terms)]
-    return " OR ".join([f'"{t}"' for t in terms] + [f'"{p}"' for p in phrases])
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+def understood_query(understanding: Understanding, vocabulary: Vocabulary) -> str:
+    """The FTS query for an understood question: its words, and its focus's other names
+    as phrases ("hypertension" also finds "high blood pressure")."""
+    plain = fts_query(understanding.text)
+    names = sorted(vocabulary.names_of(understanding.titles))[:_MAX_NAMES]
+    phrases = [f'"{name}"' for name in names if name and '"' not in name]
+    return " OR ".join(part for part in [plain, *phrases] if part)
 
 
 class EvidenceIndex:
@@ -171,6 +178,7 @@ class EvidenceIndex:
         # Further readers wait here, not in worker threads: forty threads fighting for the
         # GIL stalled the event loop for 100 ms and slowed a running build twentyfold.
         self._readers = anyio.CapacityLimiter(max_readers)
+        self._vocabulary: Vocabulary | None = None  # read by the first search after a build
 
     async def build(self, paths: Sequence[Path], progress: Progress = None) -> IndexStats:
         """Ingest JSONL / JSONL.gz files (a folder means its ``*.jsonl[.gz]``), skipping
@@ -186,17 +194,56 @@ class EvidenceIndex:
         """
         return await anyio.to_thread.run_sync(self._build, paths, progress)
 
-    async def search(self, query: str, limit: int = 10) -> list[Source]:
-        match = fts_query(query)
-        if not match or limit <= 0:
+    async def search(self, query: str, limit: int = 10) -> list[SearchResult]:
+        """The passages that answer ``query``, best first; none when nothing does."""
+        if not fts_query(query) or limit <= 0:
             return []
-        rows = await self._read(lambda c: _ranked(c, match, limit))
-        return [_source(*row) for row in rows]
+        return await self._read(lambda c: self._search(c, query, limit))
 
-    async def get(self, source_id: str) -> Source | None:
-        sql = "SELECT id, title, url, text, year FROM documents WHERE id = ?"
-        row = await self._read(lambda c: c.execute(sql, (source_id,)).fetchone())
-        return None if row is None else _source(*row)
+    async def get(self, source_id: str) -> SearchResult | None:
+        row = await self._read(lambda c: c.execute(f"{_ROW} WHERE id = ?", (source_id,)).fetchone())
+        return None if row is None else _result(row)
+
+    def vocabulary(self) -> Vocabulary:
+        """The index's vocabulary (blocking: call it from a worker thread)."""
+        return self._with_reader(self._vocabulary_of)
+
+    def _vocabulary_of(self, conn: sqlite3.Connection) -> Vocabulary:
+        with self._lock:
+            loaded = self._vocabulary
+        if loaded is None:
+            loaded = Vocabulary.load(conn)
+            with self._lock:
+                self._vocabulary = loaded
+        return loaded
+
+    def _search(self, conn: sqlite3.Connection, query: str, limit: int) -> list[SearchResult]:
+        vocab = self._vocabulary_of(conn)
+        understanding = understand(query, vocab)
+        scorer = Scorer(understanding, vocab)
+        if scorer.empty:
+            return []
+        match = understood_query(understanding, vocab)
+        ranks = {n: r for r, (n,) in enumerate(conn.execute(_RANK, (match, _CANDIDATES)))}
+        wanted = set(ranks)
+        titles = sorted(understanding.titles)
+        if titles:
+            marks = ",".join("?" * len(titles))
+            sql = f"SELECT n FROM documents WHERE title IN ({marks}) LIMIT {_PAGE_PASSAGES}"
+            wanted.update(n for (n,) in conn.execute(sql, titles))
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+        rows = conn.execute(f"{_ROW} WHERE n IN ({marks})", sorted(wanted)).fetchall()
+        scored = sorted(
+            ((scorer.score(Passage.from_row(row, ranks.get(row[0]))), row) for row in rows),
+            key=lambda pair: -pair[0],
+        )
+        if not scored or scored[0][0] < MIN_SCORE:
+            return []
+        floor = max(MIN_SCORE, NEAR_BEST * scored[0][0])
+        found = [(score, row) for score, row in scored if score >= floor][:limit]
+        return [_result(row, score, understanding) for score, row in found]
 
     async def count(self) -> int:
         row = await self._read(lambda c: c.execute("SELECT count(*) FROM documents").fetchone())
@@ -263,6 +310,10 @@ class EvidenceIndex:
                 _forget_older_ingests(conn)
                 for path in _expand(paths):
                     _ingest(conn, path, tally, progress)
+                if tally.added or not _has_vocabulary(conn):
+                    vocabulary.rebuild(conn)
+                    with self._lock:
+                        self._vocabulary = None
                 if tally.added:
                     # Fold the WAL into the main file so it does not linger at its peak size.
                     # No FTS 'optimize': measured here, it grew the file and barely sped queries.
@@ -330,10 +381,11 @@ def _ingest(conn: sqlite3.Connection, path: Path, tally: _Tally, progress: Progr
         raise
 
 
-def _ranked(conn: sqlite3.Connection, match: str, limit: int) -> list[tuple[Any, ...]]:
-    top = conn.execute(_RANK, (match, limit)).fetchall()
-    rows = [conn.execute(_FETCH, (match, n)).fetchone() for (n,) in top]
-    return [row for row in rows if row is not None]  # a build may delete in between
+def _has_vocabulary(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.execute("SELECT 1 FROM vocab_df LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError:
+        return False
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:
@@ -444,11 +496,62 @@ def _year(value: object) -> int | None:
     return year if 0 < year < 10_000 else None
 
 
-def _source(
-    rid: str, title: str | None, url: str, text: str, year: int | None, snippet: str = ""
-) -> Source:
-    if not title:
-        flat = " ".join(text[: _TITLE_CHARS * 2].split())
-        title = flat if len(flat) <= _TITLE_CHARS else flat[:_TITLE_CHARS].rsplit(" ", 1)[0] + "…"
-    # Collapse newlines and tabs so a snippet is one clean line in a terminal.
-    return Source(rid, title, url, text, year, " ".join(snippet.split()))
+def _result(
+    row: Sequence[Any], score: float = 0.0, understanding: Understanding | None = None
+) -> SearchResult:
+    _, title, text, _, rid, url, year = row
+    derived = not title
+    return SearchResult(
+        source_id=rid,
+        title=derived_title(text) if derived else title,
+        url=url,
+        text=text,
+        year=year,
+        snippet=_snippet(text, understanding),
+        title_derived=derived,
+        score=score,
+    )
+
+
+# An abstract's sentence that states its question: "We aimed to determine whether ...".
+_AIM = re.compile(
+    r"\b(?:whether|to (?:determine|assess|evaluate|investigate|examine|compare|test)|"
+    r"aim|purpose|objective|hypothes)",
+    re.IGNORECASE,
+)
+_LABEL = re.compile(r"^\s*[A-Z][A-Za-z ]{1,40}:\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
+UNTITLED = "Untitled abstract: "
+
+
+def derived_title(text: str) -> str:
+    """A readable title for a record that has none, marked as made from its text.
+
+    The sentence that states what the study asked, if one does, else its first
+    sentence; trimmed to a line, without its section label ("Background:").
+    """
+    sentences = [
+        _LABEL.sub("", s).strip()
+        for line in text.splitlines()[:3]
+        for s in _SENTENCE_END.split(line.strip())
+        if s.strip()
+    ]
+    chosen = next((s for s in sentences if _AIM.search(s)), sentences[0] if sentences else "")
+    flat = " ".join(chosen.split()).rstrip(".")
+    if len(flat) > _TITLE_CHARS:
+        flat = flat[:_TITLE_CHARS].rsplit(" ", 1)[0] + "…"
+    return UNTITLED + flat if flat else UNTITLED.rstrip(": ")
+
+
+def _snippet(text: str, understanding: Understanding | None) -> str:
+    """About forty words of ``text`` around the first of the question's words it has."""
+    flat = " ".join(text.split())
+    wanted = []
+    if understanding is not None:
+        wanted = [w for f in understanding.focus for w in f.words] + list(understanding.terms)
+    lowered = flat.casefold()
+    at = min((i for i in (lowered.find(w) for w in wanted if len(w) > 2) if i >= 0), default=0)
+    start = flat.rfind(". ", 0, at) + 2 if at else 0
+    piece = flat[start:].split(" ")
+    tail = "…" if len(piece) > _SNIPPET_TOKENS else ""
+    return " ".join(piece[:_SNIPPET_TOKENS]) + tail

@@ -1,0 +1,137 @@
+"""How well a passage answers an understood question: the share of it that it covers.
+
+A question is split into parts, each weighed by how much it tells apart: its focus
+(the words naming its topic, weighed by their rarity), its intent (a fixed
+weight: what is asked matters as much as a rare word), and its other content
+words (each weighed by its rarity). A passage earns each part's weight times how
+well it meets it:
+
+- focus: 1 if the passage's page is about it (its title is one of the focus's
+  pages), 0.8 if its title or question names it, 0.5 if its text does (a passing
+  mention in another disease's page), else a share of the focus words it has;
+- intent: how well the passage's question type answers it (``Intent.answers``:
+  1 for a treatment passage asked about treatment, less for a related type);
+  for a passage with no type (an abstract), 0.5 if its text reads like an answer;
+- a content word: 1 if the passage has it (any field), else 0.
+
+The score is what the passage earns over the question's total weight: 1 when it
+covers everything the question asks, whatever its length. BM25 (the FTS index)
+only gathers candidates and breaks ties; a question whose best passage covers
+too little gets no results at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deepresearch.search.text import fold, stem
+from deepresearch.search.understanding import BY_NAME, Understanding
+from deepresearch.search.vocabulary import Vocabulary
+
+INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
+MIN_FOCUS_WEIGHT = 3.0
+SECONDARY = 0.5  # a passage answering a later-priority intent
+MIN_SCORE = 0.6  # below this share of the question, a passage does not answer it
+NEAR_BEST = 0.8  # kept: passages within this share of the best one
+TIE_BREAK = 0.01  # BM25's rank decides between equal coverage
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A candidate record, as ranking needs it."""
+
+    n: int
+    title: str
+    question: str
+    question_type: str
+    text: str
+    mesh: str
+    bm25_rank: int | None  # its place in the FTS candidates, if it was one
+
+    @classmethod
+    def from_row(cls, row: Sequence[object], bm25_rank: int | None) -> Passage:
+        n, title, text, extra = row[0], row[1], row[2], row[3]
+        fields = json.loads(str(extra)) if extra else {}
+        mesh = fields.get("mesh")
+        return cls(
+            n=int(str(n)),
+            title=str(title or ""),
+            question=str(fields.get("question") or ""),
+            question_type=str(fields.get("question_type") or ""),
+            text=str(text),
+            mesh=" ".join(m for m in mesh if isinstance(m, str)) if isinstance(mesh, list) else "",
+            bm25_rank=bm25_rank,
+        )
+
+
+class Scorer:
+    """Scores passages against one understood question."""
+
+    def __init__(self, understanding: Understanding, vocabulary: Vocabulary) -> None:
+        self.understanding = understanding
+        self._parts: list[tuple[float, str, object]] = []
+        for focus in understanding.focus:
+            weight = sum(vocabulary.idf(stem(w)) for w in focus.words)
+            names = vocabulary.names_of(focus.titles) | {focus.name}
+            self._parts.append((max(weight, MIN_FOCUS_WEIGHT), "focus", (focus, names)))
+        if understanding.intents:
+            self._parts.append((INTENT_WEIGHT, "intent", understanding.intents))
+        for term in understanding.terms:
+            pattern = re.compile(rf"\b{re.escape(stem(term))}")
+            self._parts.append((vocabulary.idf(stem(term)), "term", pattern))
+        self._total = sum(weight for weight, _, _ in self._parts)
+
+    @property
+    def empty(self) -> bool:
+        return self._total <= 0
+
+    def score(self, passage: Passage) -> float:
+        if self._total <= 0:
+            return 0.0
+        head = fold(f"{passage.title} {passage.question}")
+        body = fold(f"{passage.text} {passage.mesh}")
+        earned = 0.0
+        for weight, kind, detail in self._parts:
+            if kind == "focus":
+                earned += weight * _focus_match(passage, detail, head, body)  # type: ignore[arg-type]
+            elif kind == "intent":
+                earned += weight * _intent_match(passage, detail, body)  # type: ignore[arg-type]
+            else:
+                pattern: re.Pattern[str] = detail  # type: ignore[assignment]
+                earned += weight * bool(pattern.search(head) or pattern.search(body))
+        tie = TIE_BREAK / (1 + passage.bm25_rank) if passage.bm25_rank is not None else 0.0
+        return earned / self._total + tie
+
+
+def _has(name: str, text: str) -> bool:
+    return bool(name) and re.search(rf"\b{re.escape(name)}", text) is not None
+
+
+def _focus_match(passage: Passage, detail: tuple[object, set[str]], head: str, body: str) -> float:
+    focus, names = detail
+    titles: frozenset[str] = focus.titles  # type: ignore[attr-defined]
+    if passage.title in titles:
+        return 1.0
+    # Names are kept singular: "tumors" is found by "tumor".
+    if any(_has(name, head) for name in names):
+        return 0.8
+    if any(_has(name, body) for name in names):
+        return 0.5
+    focus_words: tuple[str, ...] = focus.words  # type: ignore[attr-defined]
+    have = sum(_has(stem(w), head) or _has(stem(w), body) for w in focus_words)
+    return 0.4 * have / max(1, len(focus_words))
+
+
+def _intent_match(passage: Passage, intents: tuple[str, ...], body: str) -> float:
+    best = 0.0
+    for rank, name in enumerate(intents):
+        intent = BY_NAME[name]
+        share = 1.0 if rank == 0 else SECONDARY
+        if intent.answers and passage.question_type:
+            best = max(best, share * intent.answers.get(passage.question_type, 0.0))
+        elif intent.sentence.pattern and intent.sentence.search(body):
+            best = max(best, share * 0.5)
+    return best
