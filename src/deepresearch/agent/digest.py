@@ -37,6 +37,12 @@ PREAMBLE = (
     "is not a synthesis: these are the sentences from the sources found that best answer the "
     "question, quoted as written, grouped by source. Read the sources before relying on them."
 )
+UNQUOTED = (
+    "**Extractive evidence digest.** No language model is configured on this server. The "
+    "sources found for this question have no sentence that can be quoted as an answer (they "
+    "are mostly lists of further resources); they are listed here to be read."
+)
+MAX_LISTED = 5  # sources named in a digest, quoted or not
 NOTHING_FOUND = (
     "**No evidence found.** The evidence index on this server holds nothing that answers "
     "this question, so there is nothing to quote. It covers consumer-health pages from the "
@@ -54,21 +60,29 @@ def _without_references(sentence: str) -> str:
     return SOURCE_REFERENCE.sub("", sentence).strip()
 
 
-def compose(points: Sequence[Point], context: ToolContext) -> str | None:
-    """The digest in Markdown, one block per source with its ``[n]``; ``None`` if empty."""
-    if not points:
-        return None
+def compose(points: Sequence[Point], sources: Sequence[Source], context: ToolContext) -> str:
+    """The digest in Markdown: one block per quoted source with its ``[n]``, then the other
+    sources found for the question that had no sentence worth quoting (lists of links)."""
+    if not sources:
+        return NOTHING_FOUND
     blocks: dict[str, list[Point]] = {}
     for point in points:
         blocks.setdefault(point.source.source_id, []).append(point)
-    parts = [PREAMBLE]
+    parts = [PREAMBLE if blocks else UNQUOTED]
     for group in blocks.values():
         source = group[0].source
-        title = source.title.replace("*", "").strip()
-        lines = [f"**{title}** [{context.citations.number(source)}]"]
+        lines = [f"**{_plain(source.title)}** [{context.citations.number(source)}]"]
         lines.extend(f"- {_without_references(p.sentence)}" for p in group)
         parts.append("\n".join(lines))
+    others = [s for s in sources if s.source_id not in blocks][: max(0, MAX_LISTED - len(blocks))]
+    if others:
+        listed = "; ".join(f"{_plain(s.title)} [{context.citations.number(s)}]" for s in others)
+        parts.append(f"Also found for this question, not quoted: {listed}.")
     return "\n\n".join(parts)
+
+
+def _plain(title: str) -> str:
+    return title.replace("*", "").replace("[", "(").replace("]", ")").strip()
 
 
 class EvidenceDigestAgent:
@@ -103,12 +117,12 @@ class EvidenceDigestAgent:
             yield event
         # Cutting and scoring sentences is CPU work: off the event loop.
         points = await anyio.to_thread.run_sync(select, understood, sources)
-        # Only the sources quoted are numbered for the answer (``cite`` renumbers).
-        digest = compose(points, self._context) or NOTHING_FOUND
+        # ``cite`` numbers the sources 1..n in the order the digest names them.
+        digest = compose(points, sources, self._context)
         cited = cite(digest, self._context.citations)
         yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
         yield FinalAnswer(session_id=sid, content=cited.data.answer, answer_data=cited.data)
         yield Completed(
             session_id=sid,
-            content="evidence digest complete" if points else "no evidence found for the question",
+            content="evidence digest complete" if sources else "no evidence found for the question",
         )

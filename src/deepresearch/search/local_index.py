@@ -27,7 +27,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from deepresearch.search import vocabulary
-from deepresearch.search.relevance import MIN_SCORE, NEAR_BEST, Passage, Scorer
+from deepresearch.search.relevance import NEAR_BEST, Passage, Scorer
 from deepresearch.search.results import SearchResult
 from deepresearch.search.understanding import Understanding, understand
 from deepresearch.search.vocabulary import Vocabulary
@@ -239,10 +239,10 @@ class EvidenceIndex:
             ((scorer.score(Passage.from_row(row, ranks.get(row[0]))), row) for row in rows),
             key=lambda pair: -pair[0],
         )
-        if not scored or scored[0][0] < MIN_SCORE:
+        if not scored or not scorer.answers(scored[0][0]):
             return []
-        floor = max(MIN_SCORE, NEAR_BEST * scored[0][0])
-        found = [(score, row) for score, row in scored if score >= floor][:limit]
+        floor = NEAR_BEST * scored[0][0]
+        found = [(s, row) for s, row in scored if s >= floor and scorer.answers(s)][:limit]
         return [_result(row, score, understanding) for score, row in found]
 
     async def count(self) -> int:

@@ -35,6 +35,9 @@ INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
 MIN_FOCUS_WEIGHT = 3.0
 SECONDARY = 0.5  # a passage answering a later-priority intent
 MIN_SCORE = 0.6  # below this share of the question, a passage does not answer it
+# ... unless it has this much of a long question's rare words (an article's own title
+# has words its abstract does not: "a disaster waiting to happen?").
+KNOWN_ITEM_WEIGHT, KNOWN_ITEM_SCORE, KNOWN_ITEM_PARTS = 12.0, 0.35, 5
 NEAR_BEST = 0.8  # kept: passages within this share of the best one
 TIE_BREAK = 0.01  # BM25's rank decides between equal coverage
 
@@ -80,13 +83,22 @@ class Scorer:
         if understanding.intents:
             self._parts.append((INTENT_WEIGHT, "intent", understanding.intents))
         for term in understanding.terms:
-            pattern = re.compile(rf"\b{re.escape(stem(term))}")
+            pattern = word_forms(term)
             self._parts.append((vocabulary.idf(stem(term)), "term", pattern))
         self._total = sum(weight for weight, _, _ in self._parts)
 
     @property
     def empty(self) -> bool:
         return self._total <= 0
+
+    def answers(self, score: float) -> bool:
+        """Whether a passage with this score answers the question at all."""
+        share = score - TIE_BREAK  # at most; the tie-break is no evidence
+        return share >= MIN_SCORE or (
+            len(self._parts) >= KNOWN_ITEM_PARTS
+            and share >= KNOWN_ITEM_SCORE
+            and share * self._total >= KNOWN_ITEM_WEIGHT
+        )
 
     def score(self, passage: Passage) -> float:
         if self._total <= 0:
@@ -106,6 +118,26 @@ class Scorer:
         return earned / self._total + tie
 
 
+# The endings ``stem`` takes off, so a stem finds its word's forms and no other word:
+# "treat" finds "treated" and "treatment", "car" does not find "cardiac".
+_ENDINGS = (
+    "s|es|e|ed|d|ing|y|ies|ied|ment|ments|ness|ion|ions|ation|ations|ational|ity|ities|ive|"
+    "ful|ical|ic|ics|al|ally|ly|er|ers"
+)
+
+
+_INFLECTIONS = "s|es|ed|d|ing"
+MIN_STEM = 5  # a shorter stem is a prefix of too many words ("car": "care", "cardiac")
+
+
+def word_forms(word: str) -> re.Pattern[str]:
+    """A pattern for ``word``'s forms in folded text."""
+    root = stem(word)
+    if len(root) >= MIN_STEM:
+        return re.compile(rf"\b(?:{re.escape(root)}(?:{_ENDINGS})?|{re.escape(word)})\b")
+    return re.compile(rf"\b{re.escape(word)}(?:{_INFLECTIONS})?\b")
+
+
 def _has(name: str, text: str) -> bool:
     return bool(name) and re.search(rf"\b{re.escape(name)}", text) is not None
 
@@ -121,7 +153,8 @@ def _focus_match(passage: Passage, detail: tuple[object, set[str]], head: str, b
     if any(_has(name, body) for name in names):
         return 0.5
     focus_words: tuple[str, ...] = focus.words  # type: ignore[attr-defined]
-    have = sum(_has(stem(w), head) or _has(stem(w), body) for w in focus_words)
+    forms = [word_forms(w) for w in focus_words]
+    have = sum(bool(f.search(head) or f.search(body)) for f in forms)
     return 0.4 * have / max(1, len(focus_words))
 
 
