@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from deepresearch.agent import EvidenceDigestAgent
 from deepresearch.config import load_settings
 from deepresearch.services import open_services
@@ -111,7 +113,8 @@ def answers(citation: Any, item: dict[str, Any]) -> bool:
 
 
 async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) -> MedQuad:
-    items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = await anyio.Path(path).read_text()
+    items = [json.loads(line) for line in text.splitlines() if line.strip()]
     items = items[:limit] if limit else items
     measure = MedQuad()
     for n, item in enumerate(items):

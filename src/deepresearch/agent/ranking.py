@@ -115,7 +115,7 @@ def split_heading(sentence: str) -> tuple[str | None, str]:
     tokens = sentence.split(" ")
     # The heading ends before a capitalised word that a lower-case word follows.
     for end in range(1, min(len(tokens) - 2, 12)):
-        head, first, second = tokens[:end], tokens[end], tokens[end + 1]
+        head, first, second = tokens[:end], tokens[end].rstrip(",;:"), tokens[end + 1]
         if not (HEADING_WORD.match(first) and first[:1].isupper() and second[:1].islower()):
             continue
         if not all(HEADING_WORD.match(t) or t in SMALL_WORDS for t in head):

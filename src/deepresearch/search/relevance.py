@@ -138,6 +138,13 @@ def word_forms(word: str) -> re.Pattern[str]:
     return re.compile(rf"\b{re.escape(word)}(?:{_INFLECTIONS})?\b")
 
 
+_JOINS = r"(?:^|\band |\bof |\bwith |[:,(] ?)"
+
+
+def _heads(name: str, head: str) -> bool:
+    return bool(name) and re.search(rf"{_JOINS}{re.escape(name)}\b", head) is not None
+
+
 def _has(name: str, text: str) -> bool:
     return bool(name) and re.search(rf"\b{re.escape(name)}", text) is not None
 
@@ -147,8 +154,10 @@ def _focus_match(passage: Passage, detail: tuple[object, set[str]], head: str, b
     titles: frozenset[str] = focus.titles  # type: ignore[attr-defined]
     if passage.title in titles:
         return 1.0
-    # Names are kept singular: "tumors" is found by "tumor".
-    if any(_has(name, head) for name in names):
+    # A title that starts with the name, or names it after "and", "of", ":" is about it
+    # too ("High Blood Pressure and Kidney Disease"); one that qualifies it names another
+    # disease ("Pulmonary Hypertension" is not hypertension).
+    if any(_heads(name, head) for name in names):
         return 0.8
     if any(_has(name, body) for name in names):
         return 0.5

@@ -100,7 +100,8 @@ INTENTS: tuple[Intent, ...] = (
     _intent(
         "prevention",
         r"\bprevent\w*|\bavoid\w*"
-        r"|\b(?:lower|reduce|decrease|cut)\w* (?:my|the|your|our) (?:risk|chance)|\bprotect\w*|\bvaccin\w*",
+        r"|\b(?:lower|reduce|decrease|cut)\w* (?:my|the|your|our) (?:risk|chance)"
+        r"|\bprotect\w*|\bvaccin\w*",
         {"prevention": 1.0, "susceptibility": 0.5},
         r"prevent|avoid|lower|reduce|protect|vaccin",
     ),
@@ -219,16 +220,14 @@ def _focus_spans(
 def _titles(
     keys: list[str], tokens: list[str], acronyms: set[str], vocabulary: Vocabulary
 ) -> set[str] | None:
+    if len(keys) == 1 and tokens[0].upper() in acronyms:  # "ALL", never "all"
+        return vocabulary.acronyms.get(tokens[0].upper())
     if keys[0] in STOPWORDS or keys[-1] in STOPWORDS:
         return None
     if len(keys) == 1:
         word = tokens[0]
         if word in FILLER or any(i.cue.fullmatch(word) for i in INTENTS) or len(word) < 3:
-            upper = word.upper()
-            return vocabulary.acronyms.get(upper) if upper in acronyms else None
-        upper = word.upper()
-        if upper in acronyms and upper in vocabulary.acronyms:
-            return vocabulary.acronyms[upper]
+            return None
     name = " ".join(keys)
     titles = vocabulary.names.get(name)
     if titles is None and len(keys) > 1:
