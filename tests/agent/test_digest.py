@@ -162,8 +162,8 @@ async def test_events_have_the_agent_shape_with_one_search_of_the_question(
 async def test_points_are_grouped_by_source_and_numbered_in_order(tools: Tools) -> None:
     answer = final(await run(tools, "How is gout treated?")).answer_data
     blocks = answer.answer.removeprefix(PREAMBLE).strip().split("\n\n")
-    assert blocks[0].splitlines()[0] == "**Gout** [1]"
-    assert "- Gout is treated with medicines that lower uric acid in the blood." in blocks[0]
+    assert blocks[0].splitlines()[0] == "**Gout**"
+    assert "- Gout is treated with medicines that lower uric acid in the blood. [1]" in blocks[0]
     # The heading run into the next sentence is split off.
     assert "- Scientists, doctors, and researchers continue" in blocks[0]
     assert "Future Treatments" not in answer.answer
@@ -210,6 +210,13 @@ def test_headings_run_into_sentences_are_split() -> None:
         "Adult Acute Lymphoblastic Leukemia (ALL) is a type of cancer.",
     ):
         assert split_heading(sentence) == (None, sentence)
+
+
+def test_a_list_run_into_a_sentence_is_quoted_on_one_line() -> None:
+    text = "Signs of gout include - sudden pain - swelling of a joint - redness and warmth"
+    assert [s for s, _, _ in sentences(text)] == [
+        "Signs of gout include: sudden pain; swelling of a joint; redness and warmth."
+    ]
 
 
 def test_boilerplate_and_resource_lists_are_never_sentences() -> None:

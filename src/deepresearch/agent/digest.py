@@ -61,20 +61,25 @@ def _without_references(sentence: str) -> str:
 
 
 def compose(points: Sequence[Point], sources: Sequence[Source], context: ToolContext) -> str:
-    """The digest in Markdown: one block per quoted source with its ``[n]``, then the other
-    sources found for the question that had no sentence worth quoting (lists of links)."""
+    """The digest in Markdown: the quotes grouped by the page they are from, each with the
+    ``[n]`` of its passage; then the other sources found for the question that had no
+    sentence worth quoting (lists of links, mostly)."""
     if not sources:
         return NOTHING_FOUND
-    blocks: dict[str, list[Point]] = {}
+    pages: dict[tuple[str, str], list[Point]] = {}
     for point in points:
-        blocks.setdefault(point.source.source_id, []).append(point)
-    parts = [PREAMBLE if blocks else UNQUOTED]
-    for group in blocks.values():
-        source = group[0].source
-        lines = [f"**{_plain(source.title)}** [{context.citations.number(source)}]"]
-        lines.extend(f"- {_without_references(p.sentence)}" for p in group)
+        pages.setdefault((point.source.title, point.source.url), []).append(point)
+    parts = [PREAMBLE if pages else UNQUOTED]
+    for (title, _), group in pages.items():
+        lines = [f"**{_plain(title)}**"]
+        lines.extend(
+            f"- {_without_references(p.sentence)} [{context.citations.number(p.source)}]"
+            for p in group
+        )
         parts.append("\n".join(lines))
-    others = [s for s in sources if s.source_id not in blocks][: max(0, MAX_LISTED - len(blocks))]
+    quoted = {p.source.source_id for p in points}
+    room = max(0, MAX_LISTED - len(quoted))
+    others = [s for s in sources if s.source_id not in quoted][:room]
     if others:
         listed = "; ".join(f"{_plain(s.title)} [{context.citations.number(s)}]" for s in others)
         parts.append(f"Also found for this question, not quoted: {listed}.")

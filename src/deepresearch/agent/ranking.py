@@ -33,7 +33,10 @@ BOILERPLATE = re.compile(
     r"|fact sheet|available at|web ?site|toll-free|e-?mail|espa.?ol|would like to thank"
     r"|\bvisit (?:the|our|www|http)|\bcall(?:ing)? (?:the|toll|\d)|\bcontact (?:us|the)\b"
     r"|following list|phenotype ontology|the following\W*$|^see\b|this (?:summary|page|section)"
-    r"|questions to ask|ask your doctor|\?$",
+    r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
+    r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
+    r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
+    r"|(?::|\binclude|\bincluding|\bsuch as|\bdue to|\bfollowing|\bare|\bis)\W*$",
     re.IGNORECASE,
 )
 # Where the answer usually is, by a word of an abstract's section label.
@@ -122,8 +125,10 @@ def split_heading(sentence: str) -> tuple[str | None, str]:
             return None, sentence
         if head[-1] in SMALL_WORDS or not head[0][:1].isupper():
             continue
+        if head[0] in ("The", "A", "An"):
+            return None, sentence  # a name in a sentence: "The National Cancer Institute"
         if len(head) == 1 and head[0].lower() not in SECTION_NAMES:
-            return None, sentence
+            continue
         return " ".join(head), " ".join(tokens[end:])
     return None, sentence
 
@@ -139,8 +144,8 @@ def sentences(text: str) -> Iterator[tuple[str, float, int]]:
             weight = max((w for k, w in SECTION_WEIGHTS.items() if stem(k) in heading), default=1.0)
             line = line[label.end() :]
         for piece in SENTENCE_END.split(line):
-            for item in BULLET.split(piece):
-                _, sentence = split_heading(item.strip(" -\t"))
+            for item in _items(piece):
+                _, sentence = split_heading(_inline_list(item.strip(" -\t")))
                 count = len(words(sentence))
                 # A lower-case start is a piece cut at an abbreviation ("e.g. ..."): unquotable.
                 if sentence[:1].islower() or not MIN_WORDS <= count <= MAX_WORDS:
@@ -149,6 +154,15 @@ def sentences(text: str) -> Iterator[tuple[str, float, int]]:
                     continue
                 yield sentence, weight, position
                 position += 1
+
+
+def _items(piece: str) -> list[str]:
+    """Bullets that are statements ("Key Points - X is ... - Y may ...") stand alone;
+    bullets that are words ("include - fever - rash") belong to their sentence."""
+    items = BULLET.split(piece)
+    if len(items) > 1 and all(len(words(i)) >= MIN_WORDS for i in items[1:]):
+        return items
+    return [piece]
 
 
 def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
@@ -199,6 +213,15 @@ def _score(
         score += INTENT_BONUS
     score += 0.5 if position < FIRST_SENTENCES else 0.0
     return score * weight
+
+
+def _inline_list(sentence: str) -> str:
+    """A sentence that runs into a list of items, as one line: "include - a - b" is
+    "include: a; b" (the words are the source's; only the list's punctuation changes)."""
+    items = [item.strip() for item in BULLET.split(sentence)]
+    if len(items) < 3:
+        return sentence
+    return f"{items[0].rstrip(' :')}: {'; '.join(i.rstrip(' .;') for i in items[1:] if i)}."
 
 
 def _is_list(sentence: str) -> bool:

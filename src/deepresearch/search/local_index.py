@@ -551,7 +551,8 @@ def _snippet(text: str, understanding: Understanding | None) -> str:
         wanted = [w for f in understanding.focus for w in f.words] + list(understanding.terms)
     lowered = flat.casefold()
     at = min((i for i in (lowered.find(w) for w in wanted if len(w) > 2) if i >= 0), default=0)
-    start = flat.rfind(". ", 0, at) + 2 if at else 0
+    start = flat.rfind(". ", 0, at) + 2 if at > 0 else 0
+    start = 0 if start == 1 else start  # no sentence end before it: from the start
     piece = flat[start:].split(" ")
     tail = "…" if len(piece) > _SNIPPET_TOKENS else ""
     return " ".join(piece[:_SNIPPET_TOKENS]) + tail

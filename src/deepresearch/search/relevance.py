@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deepresearch.search.text import fold, stem
-from deepresearch.search.understanding import BY_NAME, Understanding
+from deepresearch.search.understanding import BY_NAME, Focus, Understanding
 from deepresearch.search.vocabulary import Vocabulary
 
 INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
@@ -75,45 +75,43 @@ class Scorer:
 
     def __init__(self, understanding: Understanding, vocabulary: Vocabulary) -> None:
         self.understanding = understanding
-        self._parts: list[tuple[float, str, object]] = []
+        self._focus: list[tuple[float, Focus, set[str]]] = []
         for focus in understanding.focus:
             weight = sum(vocabulary.idf(stem(w)) for w in focus.words)
             names = vocabulary.names_of(focus.titles) | {focus.name}
-            self._parts.append((max(weight, MIN_FOCUS_WEIGHT), "focus", (focus, names)))
-        if understanding.intents:
-            self._parts.append((INTENT_WEIGHT, "intent", understanding.intents))
-        for term in understanding.terms:
-            pattern = word_forms(term)
-            self._parts.append((vocabulary.idf(stem(term)), "term", pattern))
-        self._total = sum(weight for weight, _, _ in self._parts)
+            self._focus.append((max(weight, MIN_FOCUS_WEIGHT), focus, names))
+        self._terms = [
+            (vocabulary.idf(stem(term)), word_forms(term)) for term in understanding.terms
+        ]
+        self._intent = INTENT_WEIGHT if understanding.intents else 0.0
+        self._topic = sum(w for w, _, _ in self._focus) + sum(w for w, _ in self._terms)
+        self._total = self._topic + self._intent
 
     @property
     def empty(self) -> bool:
-        return self._total <= 0
+        return self._topic <= 0
 
     def answers(self, score: float) -> bool:
         """Whether a passage with this score answers the question at all."""
         share = score - TIE_BREAK  # at most; the tie-break is no evidence
+        parts = len(self._focus) + len(self._terms) + bool(self._intent)
         return share >= MIN_SCORE or (
-            len(self._parts) >= KNOWN_ITEM_PARTS
+            parts >= KNOWN_ITEM_PARTS
             and share >= KNOWN_ITEM_SCORE
             and share * self._total >= KNOWN_ITEM_WEIGHT
         )
 
     def score(self, passage: Passage) -> float:
-        if self._total <= 0:
+        if self.empty:
             return 0.0
         head = fold(f"{passage.title} {passage.question}")
         body = fold(f"{passage.text} {passage.mesh}")
-        earned = 0.0
-        for weight, kind, detail in self._parts:
-            if kind == "focus":
-                earned += weight * _focus_match(passage, detail, head, body)  # type: ignore[arg-type]
-            elif kind == "intent":
-                earned += weight * _intent_match(passage, detail, body)  # type: ignore[arg-type]
-            else:
-                pattern: re.Pattern[str] = detail  # type: ignore[assignment]
-                earned += weight * bool(pattern.search(head) or pattern.search(body))
+        topic = sum(w * _focus_match(passage, f, names, head, body) for w, f, names in self._focus)
+        topic += sum(w for w, forms in self._terms if forms.search(head) or forms.search(body))
+        # What is asked counts only as far as the passage is about the topic: any passage
+        # "is a definition", but only one about the question's topic answers "What is X?".
+        intent = self._intent * _intent_match(passage, self.understanding.intents, body)
+        earned = topic + intent * topic / self._topic
         tie = TIE_BREAK / (1 + passage.bm25_rank) if passage.bm25_rank is not None else 0.0
         return earned / self._total + tie
 
@@ -149,22 +147,19 @@ def _has(name: str, text: str) -> bool:
     return bool(name) and re.search(rf"\b{re.escape(name)}", text) is not None
 
 
-def _focus_match(passage: Passage, detail: tuple[object, set[str]], head: str, body: str) -> float:
-    focus, names = detail
-    titles: frozenset[str] = focus.titles  # type: ignore[attr-defined]
-    if passage.title in titles:
+def _focus_match(passage: Passage, focus: Focus, names: set[str], head: str, body: str) -> float:
+    if passage.title in focus.titles:
         return 1.0
     # A title that starts with the name, or names it after "and", "of", ":" is about it
     # too ("High Blood Pressure and Kidney Disease"); one that qualifies it names another
-    # disease ("Pulmonary Hypertension" is not hypertension).
+    # disease ("Pulmonary Hypertension" is not hypertension). Names are kept singular.
     if any(_heads(name, head) for name in names):
         return 0.8
     if any(_has(name, body) for name in names):
         return 0.5
-    focus_words: tuple[str, ...] = focus.words  # type: ignore[attr-defined]
-    forms = [word_forms(w) for w in focus_words]
+    forms = [word_forms(w) for w in focus.words]
     have = sum(bool(f.search(head) or f.search(body)) for f in forms)
-    return 0.4 * have / max(1, len(focus_words))
+    return 0.4 * have / max(1, len(forms))
 
 
 def _intent_match(passage: Passage, intents: tuple[str, ...], body: str) -> float:
