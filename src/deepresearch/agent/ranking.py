@@ -36,6 +36,7 @@ BOILERPLATE = re.compile(
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
+    r"|\b(?:web ?)?pages?\b|\bregist(?:er|ration) (?:to|is)\b|\btagged\b|\bsubscri(?:be|ption)\b"
     r"|(?::|\binclude|\bincluding|\bsuch as|\bdue to|\bfollowing|\bare|\bis)\W*$",
     re.IGNORECASE,
 )

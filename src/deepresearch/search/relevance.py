@@ -11,7 +11,7 @@ well it meets it:
   mention in another disease's page), else a share of the focus words it has;
 - intent: how well the passage's question type answers it (``Intent.answers``:
   1 for a treatment passage asked about treatment, less for a related type);
-  for a passage with no type (an abstract), 0.5 if its text reads like an answer;
+  for a passage with no type (an abstract), 0.75 if its text reads like an answer;
 - a content word: 1 if the passage has it (any field), else 0.
 
 The score is what the passage earns over the question's total weight: 1 when it
@@ -34,6 +34,7 @@ from deepresearch.search.vocabulary import Vocabulary
 INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
 MIN_FOCUS_WEIGHT = 3.0
 SECONDARY = 0.5  # a passage answering a later-priority intent
+UNTYPED = 0.75  # a passage with no question type whose text reads like an answer
 MIN_SCORE = 0.6  # below this share of the question, a passage does not answer it
 # ... unless it has this much of a long question's rare words (an article's own title
 # has words its abstract does not: "a disaster waiting to happen?").
@@ -170,5 +171,5 @@ def _intent_match(passage: Passage, intents: tuple[str, ...], body: str) -> floa
         if intent.answers and passage.question_type:
             best = max(best, share * intent.answers.get(passage.question_type, 0.0))
         elif intent.sentence.pattern and intent.sentence.search(body):
-            best = max(best, share * 0.5)
+            best = max(best, share * UNTYPED)
     return best
