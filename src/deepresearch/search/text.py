@@ -37,6 +37,8 @@ DERIVATIONS = ("ational", "ation", "ment", "ness", "ion", "ity", "ive", "ful", "
 
 def fold(text: str) -> str:
     """Case-folded, accents and compatibility forms removed, as the index's tokenizer does."""
+    if text.isascii():
+        return text.casefold()
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 

@@ -163,11 +163,16 @@ def rebuild(conn: sqlite3.Connection) -> None:
     titles: set[tuple[str, str]] = set()
     titled: list[tuple[str, str]] = []
     df: Counter[str] = Counter()
+    stems: dict[str, str] = {}  # each distinct word stemmed once
     rows = conn.execute("SELECT title, text, extra FROM documents")
     for title, text, extra in rows:
         mesh = json.loads(extra).get("mesh") if extra else None
         heading = " ".join(m for m in mesh if isinstance(m, str)) if isinstance(mesh, list) else ""
-        df.update({stem(w) for w in words(f"{title or ''} {text} {heading}")})
+        found = set(words(f"{title or ''} {text} {heading}"))
+        for word in found:
+            if word not in stems:
+                stems[word] = stem(word)
+        df.update({stems[w] for w in found})
         if not title:
             continue
         titled.append((title, text))
