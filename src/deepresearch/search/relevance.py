@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from deepresearch.search.text import fold, stem
 from deepresearch.search.understanding import BY_NAME, Focus, Understanding
-from deepresearch.search.vocabulary import Vocabulary
+from deepresearch.search.vocabulary import Vocabulary, title_names
 
 INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
 MIN_FOCUS_WEIGHT = 3.0
@@ -52,7 +52,7 @@ class Passage:
     question: str
     question_type: str
     text: str
-    mesh: str
+    mesh: str  # MeSH headings in natural order, "; "-separated ("rheumatoid arthritis")
     bm25_rank: int | None  # its place in the FTS candidates, if it was one
 
     @classmethod
@@ -66,9 +66,17 @@ class Passage:
             question=str(fields.get("question") or ""),
             question_type=str(fields.get("question_type") or ""),
             text=str(text),
-            mesh=" ".join(m for m in mesh if isinstance(m, str)) if isinstance(mesh, list) else "",
+            mesh=_headings(mesh),
             bm25_rank=bm25_rank,
         )
+
+
+def _headings(mesh: object) -> str:
+    """MeSH headings as names: "Arthritis, Rheumatoid" reads "rheumatoid arthritis"."""
+    if not isinstance(mesh, list):
+        return ""
+    names = (list(title_names(m))[-1] for m in mesh if isinstance(m, str) and m)
+    return "; ".join(name for name in names if name)
 
 
 class Scorer:
@@ -105,8 +113,9 @@ class Scorer:
     def score(self, passage: Passage) -> float:
         if self.empty:
             return 0.0
-        head = fold(f"{passage.title} {passage.question}")
-        body = fold(f"{passage.text} {passage.mesh}")
+        # An abstract's MeSH headings say what it is about, as a page's title does.
+        head = fold(f"{passage.title}; {passage.question}; {passage.mesh}")
+        body = fold(passage.text)
         topic = sum(w * _focus_match(passage, f, names, head, body) for w, f, names in self._focus)
         topic += sum(w for w, forms in self._terms if forms.search(head) or forms.search(body))
         # What is asked counts only as far as the passage is about the topic: any passage
@@ -137,7 +146,7 @@ def word_forms(word: str) -> re.Pattern[str]:
     return re.compile(rf"\b{re.escape(word)}(?:{_INFLECTIONS})?\b")
 
 
-_JOINS = r"(?:^|\band |\bof |\bwith |[:,(] ?)"
+_JOINS = r"(?:^|\band |\bof |\bwith |[:;,(] ?)"
 
 
 def _heads(name: str, head: str) -> bool:

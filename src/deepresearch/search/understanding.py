@@ -131,8 +131,8 @@ INTENTS: tuple[Intent, ...] = (
     ),
     _intent(
         "treatment",
-        r"\btreat\w*|\btherap\w*|\bmanag\w*|\bcur(?:e|es|ed|ing|able)\b|\bmedications?\b"
-        r"|\bmedicines?\b|\bdrugs?\b|\bsurgery\b|\bremed\w*|\brelie\w*|\boptions?\b|\bcontrol\w*",
+        r"\btreat\w*|\btherap\w*|\bmanag\w*|\bcur(?:e|es|ed|ing|able)\b|\bremed\w*|\brelie\w*"
+        r"|\bcontrol\w*|\bhelps? (?:with|for)\b|\bwhat (?:can|should) (?:i|you|we) (?:do|take)\b",
         {"treatment": 1.0, "considerations": 0.5, "information": 0.1},
         r"treat|therap|medic|drug|surgery|manag|control|relie",
     ),
