@@ -168,11 +168,11 @@ def rebuild(conn: sqlite3.Connection) -> None:
     for title, text, extra in rows:
         mesh = json.loads(extra).get("mesh") if extra else None
         heading = " ".join(m for m in mesh if isinstance(m, str)) if isinstance(mesh, list) else ""
-        found = set(words(f"{title or ''} {text} {heading}"))
-        for word in found:
+        distinct = set(words(f"{title or ''} {text} {heading}"))
+        for word in distinct:
             if word not in stems:
                 stems[word] = stem(word)
-        df.update({stems[w] for w in found})
+        df.update({stems[w] for w in distinct})
         if not title:
             continue
         titled.append((title, text))
