@@ -194,6 +194,41 @@ async def test_nothing_found_when_the_search_tool_fails() -> None:
     assert events[-1].type == "completed"
 
 
+async def test_a_best_match_with_nothing_to_quote_is_named_first(search: Search) -> None:
+    # Unrelated pages, so that the syndrome's name is as rare here as in a real corpus.
+    others = [
+        page(f"other:{n}", f"Condition {n}", "information", f"Condition {n} affects the skin.")
+        for n in range(200)
+    ]
+    tools = await search(
+        [
+            *others,
+            page(
+                "ghr:9",
+                "Fryns syndrome",
+                "treatment",
+                "These resources address the diagnosis or management of Fryns syndrome: - "
+                "Genetic Testing Registry: Fryns syndrome - MedlinePlus Encyclopedia: Hernia",
+                source="GHR",
+            ),
+            page(
+                "gard:9",
+                "Fryns syndrome",
+                "information",
+                "Fryns syndrome is a condition that affects many parts of the body. Treatment "
+                "is supportive and is managed by a team of specialists.",
+            ),
+        ]
+    )
+    answer = final(await run(tools, "How is Fryns syndrome treated?")).answer_data
+    body = answer.answer.removeprefix(PREAMBLE).strip().split("\n\n")
+    assert (
+        body[0] == "Best matches, with nothing to quote (lists of resources): Fryns syndrome [1]."
+    )
+    assert "- Treatment is supportive and is managed by a team of specialists. [2]" in body[1]
+    assert [c.source_id for c in answer.citations] == ["ghr:9", "gard:9"]
+
+
 def test_headings_run_into_sentences_are_split() -> None:
     assert split_heading("Future Treatments Scientists, doctors, and researchers continue.") == (
         "Future Treatments",

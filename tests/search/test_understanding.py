@@ -25,6 +25,10 @@ PAGES = [
     ("Heart Attack", "A heart attack (myocardial infarction) happens when blood flow stops."),
     ("Obesity", "Obesity means having too much body fat."),
     ("Stroke", "Risks include heart disease (obesity) and smoking."),
+    ("COPD", "COPD is a lung disease that makes it hard to breathe."),
+    ("Sickle Cell Anemia", "Sickle cell anemia is a disease of red blood cells."),
+    ("Asthma", "Asthma is a chronic disease of the airways."),
+    ("Hereditary angioedema", "Hereditary angioedema causes episodes of swelling."),
 ]  # fmt: skip
 
 
@@ -72,6 +76,10 @@ def test_page_aliases_need_the_page_s_own_name_before_them() -> None:
         ("Which tests detect high blood pressure?", {"High Blood Pressure"}, "exams and tests"),
         ("How can I lower my risk of obesity?", {"Obesity"}, "prevention"),
         ("Why do people get leukemia?", {"Leukemia"}, "causes"),
+        ("How is COPD managed?", {"COPD"}, "treatment"),
+        ("Is sickle cell anemia passed from parents?", {"Sickle Cell Anemia"}, "inheritance"),
+        ("Is asthma genetic?", {"Asthma"}, "inheritance"),
+        ("My child has asthma, what medicines help?", {"Asthma"}, "treatment"),
     ],
 )  # fmt: skip
 def test_focus_and_intent(
@@ -88,3 +96,10 @@ def test_words_outside_the_vocabulary_stay_terms(vocabulary: Vocabulary) -> None
     assert understood.intents[0] == "side effects"
     # "all" in lower case is a word, not the acronym.
     assert understand("Is it all inherited?", vocabulary).focus == ()
+
+
+def test_a_cue_inside_the_focus_name_asks_nothing(vocabulary: Vocabulary) -> None:
+    # Only the words around the name say what is asked.
+    understood = understand("What are the signs of hereditary angioedema?", vocabulary)
+    assert understood.titles == {"Hereditary angioedema"}
+    assert understood.intents[0] == "symptoms"

@@ -61,15 +61,27 @@ def _without_references(sentence: str) -> str:
 
 
 def compose(points: Sequence[Point], sources: Sequence[Source], context: ToolContext) -> str:
-    """The digest in Markdown: the quotes grouped by the page they are from, each with the
-    ``[n]`` of its passage; then the other sources found for the question that had no
-    sentence worth quoting (lists of links, mostly)."""
+    """The digest in Markdown, in the search's order of relevance: the quotes grouped by
+    the page they are from, each with the ``[n]`` of its passage; sources found for the
+    question with no sentence worth quoting (lists of links, mostly) are named where
+    they rank: before the quotes when they rank above them, else after."""
     if not sources:
         return NOTHING_FOUND
+    quoted = {p.source.source_id for p in points}
+    listed = [s for s in sources if s.source_id not in quoted][: max(0, MAX_LISTED - len(quoted))]
+    first = next((i for i, s in enumerate(sources) if s.source_id in quoted), len(sources))
+    ahead = [s for s in listed if sources.index(s) < first]
+    behind = [s for s in listed if s not in ahead]
+    parts = [PREAMBLE if points else UNQUOTED]
+    if ahead and points:
+        parts.append(
+            f"Best matches, with nothing to quote (lists of resources): {_names(ahead, context)}."
+        )
+    elif ahead:
+        parts.append(f"Found for this question: {_names(ahead, context)}.")
     pages: dict[tuple[str, str], list[Point]] = {}
     for point in points:
         pages.setdefault((point.source.title, point.source.url), []).append(point)
-    parts = [PREAMBLE if pages else UNQUOTED]
     for (title, _), group in pages.items():
         lines = [f"**{_plain(title)}**"]
         lines.extend(
@@ -77,13 +89,13 @@ def compose(points: Sequence[Point], sources: Sequence[Source], context: ToolCon
             for p in group
         )
         parts.append("\n".join(lines))
-    quoted = {p.source.source_id for p in points}
-    room = max(0, MAX_LISTED - len(quoted))
-    others = [s for s in sources if s.source_id not in quoted][:room]
-    if others:
-        listed = "; ".join(f"{_plain(s.title)} [{context.citations.number(s)}]" for s in others)
-        parts.append(f"Also found for this question, not quoted: {listed}.")
+    if behind:
+        parts.append(f"Also found for this question, not quoted: {_names(behind, context)}.")
     return "\n\n".join(parts)
+
+
+def _names(sources: Sequence[Source], context: ToolContext) -> str:
+    return "; ".join(f"{_plain(s.title)} [{context.citations.number(s)}]" for s in sources)
 
 
 def _plain(title: str) -> str:

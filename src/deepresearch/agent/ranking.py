@@ -20,7 +20,11 @@ from deepresearch.search.text import STOPWORDS, stem, words
 from deepresearch.search.understanding import Intent, Understanding
 from deepresearch.tools.base import Source
 
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+# A sentence ends at ".", "!", "?" (or one closing a bracket or quote) before a capital;
+# some pages lost the space ("the rash.Treatment with ...").
+SENTENCE_END = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][)\"'\u201d]))\s+(?=[A-Z0-9(\"'])|(?<=[a-z]{3}\.)(?=[A-Z][a-z])"
+)
 # "Conclusions: ", "Materials And Methods: ", "Summary : ": a heading, not a sentence's start.
 SECTION_LABEL = re.compile(r"^([A-Z][a-z]+(?: (?:[A-Z][a-z]+|and|of)){0,3}) ?:\s+")
 BULLET = re.compile(r"\s+-\s+")
@@ -36,6 +40,7 @@ BOILERPLATE = re.compile(
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
+    r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload|\bprint(?:able|er)?\b"
     r"|\b(?:web ?)?pages?\b|\bregist(?:er|ration) (?:to|is)\b|\btagged\b|\bsubscri(?:be|ption)\b"
     r"|(?::|\binclude|\bincluding|\bsuch as|\bdue to|\bfollowing|\bare|\bis)\W*$",
     re.IGNORECASE,
@@ -176,13 +181,19 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
         if len(chosen) >= MAX_POINTS or len({p.source.source_id for p in chosen}) >= MAX_SOURCES:
             break
         topic = {stem(w) for w in words(source.title) if w not in STOPWORDS} | asked
-        ranked = sorted(
+        ranked: list[tuple[float, str]] = sorted(
             (
                 (_score(s, weight, position, topic, intent), s)
                 for s, weight, position in sentences(source.text)
             ),
             key=lambda pair: -pair[0],
         )
+        if intent is not None:
+            # A passage is quoted for a sentence that answers what was asked; then its next best.
+            answering = [pair for pair in ranked if intent.search(pair[1])]
+            ranked = answering[:1] + [pair for pair in ranked if pair not in answering[:1]]
+            if not answering:
+                continue
         taken = 0
         for score, sentence in ranked:
             if taken == PER_SOURCE or len(chosen) == MAX_POINTS or score <= 0:

@@ -235,14 +235,13 @@ class EvidenceIndex:
             return []
         marks = ",".join("?" * len(wanted))
         rows = conn.execute(f"{_ROW} WHERE n IN ({marks})", sorted(wanted)).fetchall()
-        scored = sorted(
-            ((scorer.score(Passage.from_row(row, ranks.get(row[0]))), row) for row in rows),
-            key=lambda pair: -pair[0],
-        )
-        if not scored or not scorer.answers(scored[0][0]):
+        passages = [(Passage.from_row(row, ranks.get(row[0])), row) for row in rows]
+        scored = sorted(((scorer.score(p), p, row) for p, row in passages), key=lambda t: -t[0])
+        answering = [(s, row) for s, p, row in scored if scorer.answers(s) and scorer.cohesive(p)]
+        if not answering:
             return []
-        floor = NEAR_BEST * scored[0][0]
-        found = [(s, row) for s, row in scored if s >= floor and scorer.answers(s)][:limit]
+        floor = NEAR_BEST * answering[0][0]
+        found = [(s, row) for s, row in answering if s >= floor][:limit]
         return [_result(row, score, understanding) for score, row in found]
 
     async def count(self) -> int:
@@ -310,7 +309,7 @@ class EvidenceIndex:
                 _forget_older_ingests(conn)
                 for path in _expand(paths):
                     _ingest(conn, path, tally, progress)
-                if tally.added or not _has_vocabulary(conn):
+                if tally.added or not vocabulary.is_current(conn):
                     vocabulary.rebuild(conn)
                     with self._lock:
                         self._vocabulary = None
@@ -379,13 +378,6 @@ def _ingest(conn: sqlite3.Connection, path: Path, tally: _Tally, progress: Progr
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _has_vocabulary(conn: sqlite3.Connection) -> bool:
-    try:
-        return conn.execute("SELECT 1 FROM vocab_df LIMIT 1").fetchone() is not None
-    except sqlite3.OperationalError:
-        return False
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:

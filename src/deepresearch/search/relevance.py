@@ -35,6 +35,7 @@ INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
 MIN_FOCUS_WEIGHT = 3.0
 SECONDARY = 0.5  # a passage answering a later-priority intent
 UNTYPED = 0.75  # a passage with no question type whose text reads like an answer
+OTHER_TYPE = 0.5  # a passage of another type whose text reads like an answer
 MIN_SCORE = 0.6  # below this share of the question, a passage does not answer it
 # ... unless it has this much of a long question's rare words (an article's own title
 # has words its abstract does not: "a disaster waiting to happen?").
@@ -79,6 +80,9 @@ def _headings(mesh: object) -> str:
     return "; ".join(name for name in names if name)
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
 class Scorer:
     """Scores passages against one understood question."""
 
@@ -109,6 +113,18 @@ class Scorer:
             and share >= KNOWN_ITEM_SCORE
             and share * self._total >= KNOWN_ITEM_WEIGHT
         )
+
+    def cohesive(self, passage: Passage) -> bool:
+        """Whether a short question with no focus is about one thing in the passage: some
+        sentence holds two of its words ("best programming language" is not answered
+        by a page with "language" in one sentence and "programming" in another)."""
+        if self._focus or len(self._terms) < 2 or len(self._terms) + 1 >= KNOWN_ITEM_PARTS:
+            return True
+        head = fold(f"{passage.title}; {passage.question}; {passage.mesh}")
+        for sentence in [head, *_SENTENCE.split(fold(passage.text))]:
+            if sum(bool(forms.search(sentence)) for _, forms in self._terms) >= 2:
+                return True
+        return False
 
     def score(self, passage: Passage) -> float:
         if self.empty:
@@ -177,8 +193,11 @@ def _intent_match(passage: Passage, intents: tuple[str, ...], body: str) -> floa
     for rank, name in enumerate(intents):
         intent = BY_NAME[name]
         share = 1.0 if rank == 0 else SECONDARY
+        reads = bool(intent.sentence.pattern and intent.sentence.search(body))
         if intent.answers and passage.question_type:
-            best = max(best, share * intent.answers.get(passage.question_type, 0.0))
-        elif intent.sentence.pattern and intent.sentence.search(body):
+            typed = intent.answers.get(passage.question_type, 0.0)
+            # A page with no passage of the asked type may still say it ("flu vaccine").
+            best = max(best, share * max(typed, OTHER_TYPE if reads else 0.0))
+        elif reads:
             best = max(best, share * UNTYPED)
     return best

@@ -56,7 +56,9 @@ INTENTS: tuple[Intent, ...] = (
         "inheritance",
         r"\binherit\w*|\bhereditary\b|\bpass(?:ed|es|ing)? (?:down|on)\b|\brun\w* in (?:the )?famil"
         r"|\bpass\w*\b.*\b(?:child\w*|kids?|offspring|bab(?:y|ies)|son|daughter|generation)"
-        r"|\bgenetic(?:ally)? (?:passed|transmitted)\b|\bin (?:my|the|our) famil",
+        r"|\bgenetic(?:ally)? (?:passed|transmitted)\b|\bin (?:my|the|our) famil"
+        r"|\b(?:from|by) (?:(?:my|your|the|their|his|her|a) )?(?:parents?|mother|father)\b"
+        r"|\b(?:is|are) (?:it|they|this|\w+(?: \w+){0,5}) genetic\b",
         {"inheritance": 1.0, "genetic changes": 0.4},
         r"inherit|autosomal|x-linked|pattern|parent|famil|copies of the",
     ),
@@ -81,7 +83,8 @@ INTENTS: tuple[Intent, ...] = (
         r"\bprognos\w*|\boutlook\b|\blife expectancy\b|\bsurviv\w*|\blong[- ]term\b|\brecover\w*"
         r"|\bfatal\b|\bdeadly\b|\bdie\b|\bmortality\b|\blive with\b|\bexpect\b",
         {"outlook": 1.0, "information": 0.2},
-        r"prognosis|outlook|survival|life expectancy|recover|fatal|die",
+        r"prognosis|outlook|survival|surviv|life expectancy|lifespan|recover|fatal|\bdie"
+        r"|\blive\b|progress|worsen|improve",
     ),
     _intent(
         "complications",
@@ -132,9 +135,11 @@ INTENTS: tuple[Intent, ...] = (
     _intent(
         "treatment",
         r"\btreat\w*|\btherap\w*|\bmanag\w*|\bcur(?:e|es|ed|ing|able)\b|\bremed\w*|\brelie\w*"
-        r"|\bcontrol\w*|\bhelps? (?:with|for)\b|\bwhat (?:can|should) (?:i|you|we) (?:do|take)\b",
+        r"|\bcontrol\w*|\bhelps? (?:with|for)\b|\bwhat (?:can|should) (?:i|you|we) (?:do|take)\b"
+        r"|\bwhat (?:medicines?|medications?|drugs?|treatments?|pills?)\b",
         {"treatment": 1.0, "considerations": 0.5, "information": 0.1},
-        r"treat|therap|medic|drug|surgery|manag|control|relie",
+        r"\btreat|\btherap|\bmedications?\b|\bmedicines?\b|\bdrugs?\b|\bsurg|\bmanag"
+        r"|\btransplant|\brelie(?:f|ve)|\bcontrol",
     ),
     _intent("research", r"\bresearch\w*|\bclinical trials?\b|\bstudies\b", {"research": 1.0}, ""),
     _intent(
@@ -179,8 +184,13 @@ def understand(text: str, vocabulary: Vocabulary) -> Understanding:
     spans = _focus_spans(text, tokens, vocabulary)
     covered = {i for start, end, _ in spans for i in range(start, end)}
     focus = tuple(Focus(tuple(tokens[s:e]), frozenset(t)) for s, e, t in spans)
+    # Asked outside the focus's name ("hereditary" in "Leber hereditary optic neuropathy"
+    # asks nothing), unless only the name holds the cue ("what medicines help").
     named = " ".join(w for i, w in enumerate(tokens) if i not in covered)
     intents = tuple(i.name for i in INTENTS if i.cue.search(named))
+    if not intents:
+        named = " ".join(tokens)
+        intents = tuple(i.name for i in INTENTS if i.cue.search(named))
     cue_words = {
         w for intent in INTENTS if intent.name in intents for m in intent.cue.finditer(named)
         for w in words(m.group(0))
@@ -221,7 +231,9 @@ def _titles(
     keys: list[str], tokens: list[str], acronyms: set[str], vocabulary: Vocabulary
 ) -> set[str] | None:
     if len(keys) == 1 and tokens[0].upper() in acronyms:  # "ALL", never "all"
-        return vocabulary.acronyms.get(tokens[0].upper())
+        found = vocabulary.acronyms.get(tokens[0].upper())
+        if found:
+            return found
     if keys[0] in STOPWORDS or keys[-1] in STOPWORDS:
         return None
     if len(keys) == 1:

@@ -34,8 +34,13 @@ CREATE TABLE IF NOT EXISTS vocab_names (
     kind TEXT NOT NULL     -- 'title', 'alias' or 'acronym' (matched case-sensitively)
 );
 CREATE TABLE IF NOT EXISTS vocab_df (term TEXT PRIMARY KEY, df INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vocab_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Raised when the same corpus would now give a different vocabulary: the next build redoes it.
+VERSION = 2
 MAX_NAME_WORDS = 8
+COMMON_SHARE = 0.05  # a word in more than this share of titled records names nothing
+MIN_COMMON = 50  # ... and in more than this many (a small corpus has no common words)
 # "X (Y)", "X (Y; also called Z)", "X, also called Y, is": what is inside or after names X.
 PARENTHESIS = re.compile(r"\(([^()]{2,120})\)")
 ALSO_CALLED = re.compile(
@@ -157,6 +162,24 @@ def page_aliases(
                 yield from ((t, kind, alias) for t in named[1])
 
 
+def _usable(
+    name: str,
+    kind: str,
+    titles: dict[str, set[str]],
+    df: Counter[str],
+    stems: dict[str, str],
+    rare: float,
+) -> bool:
+    """Whether a page's other name can name it: not another page's title ("obesity"
+    stays Obesity), and with a word rare enough to tell it apart ("chILD" is no
+    name for a child, "type 1 and type 2" none for a syndrome)."""
+    if kind == "acronym":
+        return True
+    if not name or name in titles:
+        return False
+    return any(df[stems.get(w) or stem(w)] < rare for w in name.split() if w not in STOPWORDS)
+
+
 def rebuild(conn: sqlite3.Connection) -> None:
     """Recount the vocabulary from every record in ``documents`` (inside one transaction)."""
     conn.executescript(SCHEMA)
@@ -181,20 +204,31 @@ def rebuild(conn: sqlite3.Connection) -> None:
     for name, title in titles:
         by_name.setdefault(name, set()).add(title)
     names = {(name, title, "title") for name, title in titles}
+    rare = max(MIN_COMMON, COMMON_SHARE * len(titled))
     for title, text in titled:
         found = page_aliases(title, text, by_name)
         # A topic's own title is never another topic's other name ("obesity" stays Obesity).
-        names.update((n, t, k) for t, k, n in found if n and (k == "acronym" or n not in by_name))
+        names.update((n, t, k) for t, k, n in found if _usable(n, k, by_name, df, stems, rare))
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DELETE FROM vocab_names")
         conn.execute("DELETE FROM vocab_df")
         conn.executemany("INSERT INTO vocab_names VALUES (?, ?, ?)", sorted(names))
         conn.executemany("INSERT INTO vocab_df VALUES (?, ?)", df.items())
+        conn.execute("INSERT OR REPLACE INTO vocab_meta VALUES ('version', ?)", (VERSION,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def is_current(conn: sqlite3.Connection) -> bool:
+    """Whether the index holds a vocabulary built by this version."""
+    try:
+        row = conn.execute("SELECT value FROM vocab_meta WHERE key = 'version'").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return row is not None and row[0] == VERSION
 
 
 @dataclass
