@@ -40,7 +40,8 @@ BOILERPLATE = re.compile(
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
-    r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload|\bprint(?:able|er)?\b"
+    r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload"
+    r"|\bprint(?:able|er)?\b"
     r"|\b(?:web ?)?pages?\b|\bregist(?:er|ration) (?:to|is)\b|\btagged\b|\bsubscri(?:be|ption)\b"
     r"|(?::|\binclude|\bincluding|\bsuch as|\bdue to|\bfollowing|\bare|\bis)\W*$",
     re.IGNORECASE,
