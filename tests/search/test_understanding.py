@@ -29,6 +29,11 @@ PAGES = [
     ("Sickle Cell Anemia", "Sickle cell anemia is a disease of red blood cells."),
     ("Asthma", "Asthma is a chronic disease of the airways."),
     ("Hereditary angioedema", "Hereditary angioedema causes episodes of swelling."),
+    ("Hypothyroidism", "Hypothyroidism is a disorder of the thyroid."),
+    ("Down Syndrome", "Some people with Down syndrome have an underactive thyroid gland "
+     "(hypothyroidism), and some have heart defects, such as toes, small ears (microtia)."),
+    ("Turner Syndrome", "Girls with Turner syndrome may have an underactive thyroid gland "
+     "(hypothyroidism)."),
 ]  # fmt: skip
 
 
@@ -49,6 +54,9 @@ def test_names_come_from_titles_and_what_pages_call_themselves(vocabulary: Vocab
     assert vocabulary.names["myocardial infarction"] == {"Heart Attack"}
     assert vocabulary.names["acute lymphocytic leukemia"] == {"Adult Acute Lymphoblastic Leukemia"}
     assert vocabulary.acronyms["ALL"] == {"Adult Acute Lymphoblastic Leukemia"}
+    # The words writers gloss with a title's name, seen more than once, name it too.
+    assert vocabulary.names["underactive thyroid gland"] == {"Hypothyroidism"}
+    assert vocabulary.names["underactive thyroid"] == {"Hypothyroidism"}
     # A gloss is not a name, and a title is never another page's other name.
     assert "a disease of cell" not in vocabulary.names
     assert vocabulary.names["obesity"] == {"Obesity"}
@@ -77,6 +85,9 @@ def test_page_aliases_need_the_page_s_own_name_before_them() -> None:
         ("How can I lower my risk of obesity?", {"Obesity"}, "prevention"),
         ("Why do people get leukemia?", {"Leukemia"}, "causes"),
         ("How is COPD managed?", {"COPD"}, "treatment"),
+        ("What are the symptoms of an underactive thyroid?", {"Hypothyroidism"}, "symptoms"),
+        ("What happens if hypertension is not treated?", {"High Blood Pressure"},
+         "complications"),
         ("Is sickle cell anemia passed from parents?", {"Sickle Cell Anemia"}, "inheritance"),
         ("Is asthma genetic?", {"Asthma"}, "inheritance"),
         ("My child has asthma, what medicines help?", {"Asthma"}, "treatment"),

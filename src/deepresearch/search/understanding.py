@@ -48,7 +48,7 @@ INTENTS: tuple[Intent, ...] = (
     _intent(
         "comparison",
         r"\bvs\b|\bversus\b|\bcompared?\b|\bcomparison\b|\bbetter than\b|\bdifference between\b"
-        r"|\bdiffer\w*\b",
+        r"|\bdiffer\w*\b|\b(?:the )?same (?:as|thing)\b",
         {},
         r"compared|than|versus|differ|whereas|while",
     ),
@@ -88,9 +88,10 @@ INTENTS: tuple[Intent, ...] = (
     ),
     _intent(
         "complications",
-        r"\bcomplicat\w*",
+        r"\bcomplicat\w*|\bwhat (?:happens|can happen)\b|\buntreated\b"
+        r"|\b(?:not|isn't|is not|never|left) (?:\w+ )?treated\b",
         {"complications": 1.0, "outlook": 0.5},
-        r"complication|lead to|result in",
+        r"complication|lead to|result in|can cause|damage|risk",
     ),
     _intent("stages", r"\bstag(?:e|es|ing)\b", {"stages": 1.0}, r"\bstage"),
     _intent(

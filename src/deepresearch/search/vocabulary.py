@@ -37,8 +37,10 @@ CREATE TABLE IF NOT EXISTS vocab_df (term TEXT PRIMARY KEY, df INTEGER NOT NULL)
 CREATE TABLE IF NOT EXISTS vocab_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 # Raised when the same corpus would now give a different vocabulary: the next build redoes it.
-VERSION = 2
+VERSION = 5
 MAX_NAME_WORDS = 8
+MAX_LAY_WORDS = 4
+MIN_LAY_SEEN = 2
 COMMON_SHARE = 0.05  # a word in more than this share of titled records names nothing
 MIN_COMMON = 50  # ... and in more than this many (a small corpus has no common words)
 # "X (Y)", "X (Y; also called Z)", "X, also called Y, is": what is inside or after names X.
@@ -50,6 +52,37 @@ ALSO_CALLED = re.compile(
 LIST_SPLIT = re.compile(r",\s*(?:or\s+|and\s+)?|\s+or\s+|;\s*")
 LEADING = re.compile(r"^(?:also called|also known as|or|and|e\.g\.|i\.e\.|see)\s+", re.I)
 ACRONYM = re.compile(r"^[A-Z][A-Z0-9-]{1,9}$")
+# Words that join a name to a sentence, never part of one.
+CONNECTORS = frozenset(
+    [
+        "include",
+        "includes",
+        "including",
+        "such",
+        "like",
+        "called",
+        "known",
+        "cause",
+        "causes",
+        "causing",
+        "develop",
+        "develops",
+        "developing",
+        "according",
+        "click",
+        "here",
+        "access",
+        "contained",
+        "involving",
+        "especially",
+        "particularly",
+        "mainly",
+        "mostly",
+        "usually",
+        "often",
+    ]
+)
+NAME_SMALL_WORDS = frozenset(["of", "and", "with", "in", "to"])
 ARTICLES = frozenset({"a", "an", "the", "this", "that", "these", "those", "which", "who"})
 VERBS = frozenset(
     [
@@ -104,11 +137,20 @@ def _alias(raw: str) -> tuple[str, str] | None:
     found = words(raw)
     if not found or len(found) > MAX_NAME_WORDS or raw[:1].isdigit():
         return None
-    if found[0] in ARTICLES or any(w in VERBS for w in found) or all(w in STOPWORDS for w in found):
+    if found[0] in ARTICLES or any(w in VERBS for w in found) or not _phrase(found):
         return None
     if any(c.isdigit() for c in raw) and len(found) == 1:
         return None  # "(2)", "(1990)": a note, not a name
     return "alias", name_key(raw)
+
+
+def _phrase(found: list[str]) -> bool:
+    """Whether words can be a name: no clause or list around it ("including heart attack",
+    "in about half of people"), small words only inside ("tetralogy of fallot")."""
+    if found[0] in STOPWORDS or found[-1] in STOPWORDS or found[0] in CONNECTORS:
+        return False
+    inside = [w for w in found[1:-1] if w in STOPWORDS]
+    return all(w in NAME_SMALL_WORDS for w in inside) and not any(w in CONNECTORS for w in found)
 
 
 def _named(before: str, titles: dict[str, set[str]]) -> tuple[str, set[str]] | None:
@@ -153,6 +195,7 @@ def page_aliases(
             continue
         for kind, alias in _list(match.group(1)):
             yield from ((t, kind, alias) for t in chosen)
+    yield from _lay_names(text, titles)
     for match in ALSO_CALLED.finditer(text):
         named = _named(text[: match.start()].rstrip(" ,("), titles)
         if named is None:
@@ -160,6 +203,26 @@ def page_aliases(
         for kind, alias in _list(match.group(1)):
             if kind == "alias":
                 yield from ((t, kind, alias) for t in named[1])
+
+
+def _lay_names(text: str, titles: dict[str, set[str]]) -> Iterator[tuple[str, str, str]]:
+    """ "Y (T)": the words a writer glosses with a title's name are a name for it, "an
+    underactive thyroid gland (hypothyroidism)": the run of up to four words before the
+    bracket, stopping at a small word. ``rebuild`` keeps those seen more than once."""
+    for match in PARENTHESIS.finditer(text):
+        inside = name_key(match.group(1))
+        if inside not in titles:
+            continue
+        # Only the clause it ends: "toe, small head size (microcephaly)" names one thing.
+        clause = re.split(r"[,;:.()\[\]]", text[max(0, match.start() - 80) : match.start()])[-1]
+        before = words(clause)
+        run: list[str] = []
+        for word in reversed(before[-MAX_LAY_WORDS:]):
+            if word in STOPWORDS or word in CONNECTORS or word.isdigit() or word in VERBS:
+                break
+            run.insert(0, singular(word))
+        if len(run) >= 2 and not run[0].endswith("ing"):
+            yield from ((t, "lay", " ".join(run)) for t in titles[inside])
 
 
 def _usable(
@@ -205,10 +268,29 @@ def rebuild(conn: sqlite3.Connection) -> None:
         by_name.setdefault(name, set()).add(title)
     names = {(name, title, "title") for name, title in titles}
     rare = max(MIN_COMMON, COMMON_SHARE * len(titled))
+    lay: Counter[tuple[str, str]] = Counter()
     for title, text in titled:
-        found = page_aliases(title, text, by_name)
-        # A topic's own title is never another topic's other name ("obesity" stays Obesity).
-        names.update((n, t, k) for t, k, n in found if _usable(n, k, by_name, df, stems, rare))
+        for t, k, n in page_aliases(title, text, by_name):
+            # A topic's own title is never another topic's other name ("obesity" stays Obesity).
+            if not _usable(n, k, by_name, df, stems, rare):
+                continue
+            if k == "lay":
+                lay[(n, t)] += 1
+                continue
+            names.add((n, t, k))
+            if k == "alias" and n.count(" ") >= 2:
+                # "underactive thyroid gland" is also asked as "underactive thyroid".
+                shorter = n.rsplit(" ", 1)[0]
+                if _usable(shorter, k, by_name, df, stems, rare):
+                    names.add((shorter, t, k))
+    # A gloss seen once may be a writer's paraphrase; twice, it is how people name it.
+    for (n, t), seen in lay.items():
+        if seen >= MIN_LAY_SEEN:
+            names.add((n, t, "alias"))
+            if n.count(" ") >= 2 and _usable(
+                n.rsplit(" ", 1)[0], "alias", by_name, df, stems, rare
+            ):
+                names.add((n.rsplit(" ", 1)[0], t, "alias"))
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DELETE FROM vocab_names")
