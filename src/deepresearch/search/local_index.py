@@ -28,7 +28,8 @@ import anyio.to_thread
 
 from deepresearch.search import vocabulary
 from deepresearch.search.relevance import NEAR_BEST, Passage, Scorer
-from deepresearch.search.results import SearchResult
+from deepresearch.search.results import SearchResult, derived_title, snippet
+from deepresearch.search.text import STOPWORDS
 from deepresearch.search.understanding import Understanding, understand
 from deepresearch.search.vocabulary import Vocabulary
 
@@ -40,8 +41,6 @@ _BATCH_ROWS = 1000  # rows per executemany, and how often progress() is told
 _COMMIT_ROWS = 5000  # rows per transaction: big enough for speed, small enough for readers
 # bm25() weights for (title, text, mesh, question), tuned on the PubMedQA dev split.
 _WEIGHTS = (4.0, 2.0, 4.0, 2.0)
-_SNIPPET_TOKENS = 40
-_TITLE_CHARS = 80
 _CORE_FIELDS = frozenset({"id", "source", "url", "title", "year", "text"})
 # Raised when the same file would now yield different records (2: repeated ids are
 # renamed, not overwritten); an index built by an older version re-ingests every file.
@@ -108,18 +107,6 @@ _CANDIDATES = 60  # BM25 candidates per search
 _PAGE_PASSAGES = 400  # passages read from the focus's own pages, at most
 _ROW = "SELECT n, title, text, extra, id, url, year FROM documents"
 
-# A common English list; no domain words, BM25 IDF already discounts those.
-_STOPWORD_TEXT = (
-    "a about above after again against all am an and any are as at be because been before "
-    "being below between both but by can could did do does doing down during each few for "
-    "from further had has have having he her here hers herself him himself his how if in "
-    "into is it its itself just me more most my myself no nor not now of off on once only "
-    "or other our ours ourselves out over own same she should so some such than that the "
-    "their theirs them themselves then there these they this those through to too under "
-    "until up very was we were what when where which while who whom why will with would "
-    "you your yours yourself yourselves"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W_]+")  # letters and digits only: never a quote or FTS operator
 _MAX_TERMS = 64  # a pasted essay should not become a thousand-way OR
 _MAX_NAMES = 12  # other names of the focus added to a query
@@ -147,7 +134,7 @@ def fts_query(text: str) -> str:
     # accents would otherwise split words ("İstanbul" lost its first letter).
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     normal = "".join(c for c in decomposed if not unicodedata.combining(c))
-    words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in _STOPWORDS)
+    words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in STOPWORDS)
     terms = list(dict.fromkeys(words))[:_MAX_TERMS]  # dict: dedupe, keep order
     return " OR ".join(f'"{t}"' for t in terms)
 
@@ -499,52 +486,7 @@ def _result(
         url=url,
         text=text,
         year=year,
-        snippet=_snippet(text, understanding),
+        snippet=snippet(text, understanding),
         title_derived=derived,
         score=score,
     )
-
-
-# An abstract's sentence that states its question: "We aimed to determine whether ...".
-_AIM = re.compile(
-    r"\b(?:whether|to (?:determine|assess|evaluate|investigate|examine|compare|test)|"
-    r"aim|purpose|objective|hypothes)",
-    re.IGNORECASE,
-)
-_LABEL = re.compile(r"^\s*[A-Z][A-Za-z ]{1,40}:\s*")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
-UNTITLED = "Untitled abstract: "
-
-
-def derived_title(text: str) -> str:
-    """A readable title for a record that has none, marked as made from its text.
-
-    The sentence that states what the study asked, if one does, else its first
-    sentence; trimmed to a line, without its section label ("Background:").
-    """
-    sentences = [
-        _LABEL.sub("", s).strip()
-        for line in text.splitlines()[:3]
-        for s in _SENTENCE_END.split(line.strip())
-        if s.strip()
-    ]
-    chosen = next((s for s in sentences if _AIM.search(s)), sentences[0] if sentences else "")
-    flat = " ".join(chosen.split()).rstrip(".")
-    if len(flat) > _TITLE_CHARS:
-        flat = flat[:_TITLE_CHARS].rsplit(" ", 1)[0] + "…"
-    return UNTITLED + flat if flat else UNTITLED.rstrip(": ")
-
-
-def _snippet(text: str, understanding: Understanding | None) -> str:
-    """About forty words of ``text`` around the first of the question's words it has."""
-    flat = " ".join(text.split())
-    wanted = []
-    if understanding is not None:
-        wanted = [w for f in understanding.focus for w in f.words] + list(understanding.terms)
-    lowered = flat.casefold()
-    at = min((i for i in (lowered.find(w) for w in wanted if len(w) > 2) if i >= 0), default=0)
-    start = flat.rfind(". ", 0, at) + 2 if at > 0 else 0
-    start = 0 if start == 1 else start  # no sentence end before it: from the start
-    piece = flat[start:].split(" ")
-    tail = "…" if len(piece) > _SNIPPET_TOKENS else ""
-    return " ".join(piece[:_SNIPPET_TOKENS]) + tail
