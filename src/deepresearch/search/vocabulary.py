@@ -225,78 +225,82 @@ def _lay_names(text: str, titles: dict[str, set[str]]) -> Iterator[tuple[str, st
             yield from ((t, "lay", " ".join(run)) for t in titles[inside])
 
 
-def _usable(
-    name: str,
-    kind: str,
-    titles: dict[str, set[str]],
-    df: Counter[str],
-    stems: dict[str, str],
-    rare: float,
-) -> bool:
-    """Whether a page's other name can name it: not another page's title ("obesity"
-    stays Obesity), and with a word rare enough to tell it apart ("chILD" is no
-    name for a child, "type 1 and type 2" none for a syndrome)."""
-    if kind == "acronym":
-        return True
-    if not name or name in titles:
-        return False
-    return any(df[stems.get(w) or stem(w)] < rare for w in name.split() if w not in STOPWORDS)
+@dataclass
+class _Counts:
+    """One pass over the records: word rarity, and the titled pages."""
+
+    df: Counter[str] = field(default_factory=Counter)  # stem -> records containing it
+    stems: dict[str, str] = field(default_factory=dict)  # each distinct word stemmed once
+    pages: list[tuple[str, str]] = field(default_factory=list)  # (title, text)
+    titles: dict[str, set[str]] = field(default_factory=dict)  # title name -> titles
+
+    def add(self, title: str | None, text: str, heading: str) -> None:
+        distinct = set(words(f"{title or ''} {text} {heading}"))
+        for word in distinct:
+            if word not in self.stems:
+                self.stems[word] = stem(word)
+        self.df.update({self.stems[w] for w in distinct})
+        if title:
+            self.pages.append((title, text))
+            for name in title_names(title):
+                if name:
+                    self.titles.setdefault(name, set()).add(title)
+
+    def usable(self, name: str, kind: str) -> bool:
+        """Whether a page's other name can name it: not another page's title ("obesity"
+        stays Obesity), and with a word rare enough to tell it apart ("chILD" is no
+        name for a child, "type 1 and type 2" none for a syndrome)."""
+        if kind == "acronym":
+            return True
+        if not name or name in self.titles:
+            return False
+        rare = max(MIN_COMMON, COMMON_SHARE * len(self.pages))
+        return any(
+            self.df[self.stems.get(w) or stem(w)] < rare for w in name.split() if w not in STOPWORDS
+        )
+
+    def names(self) -> set[tuple[str, str, str]]:
+        """``(name, title, kind)`` for every title and every other name the pages give."""
+        found = {(name, t, "title") for name, titles in self.titles.items() for t in titles}
+        glosses: Counter[tuple[str, str]] = Counter()
+        for title, text in self.pages:
+            for t, kind, name in page_aliases(title, text, self.titles):
+                if not self.usable(name, kind):
+                    continue
+                if kind == "lay":
+                    glosses[(name, t)] += 1
+                else:
+                    found.update((n, t, kind) for n in self._with_shorter(name, kind))
+        # A gloss seen once may be a writer's paraphrase; twice, it is how people name it.
+        for (name, t), seen in glosses.items():
+            if seen >= MIN_LAY_SEEN:
+                found.update((n, t, "alias") for n in self._with_shorter(name, "alias"))
+        return found
+
+    def _with_shorter(self, name: str, kind: str) -> list[str]:
+        """The name, and without its last word when it has three: "underactive thyroid
+        gland" is also asked as "underactive thyroid"."""
+        if kind != "alias" or name.count(" ") < 2:
+            return [name]
+        shorter = name.rsplit(" ", 1)[0]
+        return [name, shorter] if self.usable(shorter, kind) else [name]
 
 
 def rebuild(conn: sqlite3.Connection) -> None:
     """Recount the vocabulary from every record in ``documents`` (inside one transaction)."""
     conn.executescript(SCHEMA)
-    titles: set[tuple[str, str]] = set()
-    titled: list[tuple[str, str]] = []
-    df: Counter[str] = Counter()
-    stems: dict[str, str] = {}  # each distinct word stemmed once
-    rows = conn.execute("SELECT title, text, extra FROM documents")
-    for title, text, extra in rows:
+    counts = _Counts()
+    for title, text, extra in conn.execute("SELECT title, text, extra FROM documents"):
         mesh = json.loads(extra).get("mesh") if extra else None
         heading = " ".join(m for m in mesh if isinstance(m, str)) if isinstance(mesh, list) else ""
-        distinct = set(words(f"{title or ''} {text} {heading}"))
-        for word in distinct:
-            if word not in stems:
-                stems[word] = stem(word)
-        df.update({stems[w] for w in distinct})
-        if not title:
-            continue
-        titled.append((title, text))
-        titles.update((name, title) for name in title_names(title) if name)
-    by_name: dict[str, set[str]] = {}
-    for name, title in titles:
-        by_name.setdefault(name, set()).add(title)
-    names = {(name, title, "title") for name, title in titles}
-    rare = max(MIN_COMMON, COMMON_SHARE * len(titled))
-    lay: Counter[tuple[str, str]] = Counter()
-    for title, text in titled:
-        for t, k, n in page_aliases(title, text, by_name):
-            # A topic's own title is never another topic's other name ("obesity" stays Obesity).
-            if not _usable(n, k, by_name, df, stems, rare):
-                continue
-            if k == "lay":
-                lay[(n, t)] += 1
-                continue
-            names.add((n, t, k))
-            if k == "alias" and n.count(" ") >= 2:
-                # "underactive thyroid gland" is also asked as "underactive thyroid".
-                shorter = n.rsplit(" ", 1)[0]
-                if _usable(shorter, k, by_name, df, stems, rare):
-                    names.add((shorter, t, k))
-    # A gloss seen once may be a writer's paraphrase; twice, it is how people name it.
-    for (n, t), seen in lay.items():
-        if seen >= MIN_LAY_SEEN:
-            names.add((n, t, "alias"))
-            if n.count(" ") >= 2 and _usable(
-                n.rsplit(" ", 1)[0], "alias", by_name, df, stems, rare
-            ):
-                names.add((n.rsplit(" ", 1)[0], t, "alias"))
+        counts.add(title, text, heading)
+    names = counts.names()
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DELETE FROM vocab_names")
         conn.execute("DELETE FROM vocab_df")
         conn.executemany("INSERT INTO vocab_names VALUES (?, ?, ?)", sorted(names))
-        conn.executemany("INSERT INTO vocab_df VALUES (?, ?)", df.items())
+        conn.executemany("INSERT INTO vocab_df VALUES (?, ?)", counts.df.items())
         conn.execute("INSERT OR REPLACE INTO vocab_meta VALUES ('version', ?)", (VERSION,))
         conn.execute("COMMIT")
     except BaseException:
