@@ -31,6 +31,9 @@ from deepresearch.search.text import fold, stem
 from deepresearch.search.understanding import BY_NAME, Focus, Understanding
 from deepresearch.search.vocabulary import Vocabulary, title_names
 
+# The topic outweighs a word said about it: "Is a mini stroke dangerous?" is answered by
+# the page on transient ischemic attacks, not by another page that says "dangerous".
+FOCUS_FACTOR = 2.0
 INTENT_WEIGHT = 4.0  # about a rare word's idf on this corpus
 MIN_FOCUS_WEIGHT = 3.0
 SECONDARY = 0.5  # a passage answering a later-priority intent
@@ -90,7 +93,7 @@ class Scorer:
         self.understanding = understanding
         self._focus: list[tuple[float, Focus, set[str]]] = []
         for focus in understanding.focus:
-            weight = sum(vocabulary.idf(stem(w)) for w in focus.words)
+            weight = FOCUS_FACTOR * sum(vocabulary.idf(stem(w)) for w in focus.words)
             names = vocabulary.names_of(focus.titles) | {focus.name}
             self._focus.append((max(weight, MIN_FOCUS_WEIGHT), focus, names))
         self._terms = [
