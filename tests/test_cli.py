@@ -99,10 +99,9 @@ def test_ask_with_a_model_shows_rounds_tools_and_the_cited_answer(tmp_path: Path
     out = result.stdout
     assert "round 1" in out and "round 2" in out
     assert "I should search for evidence about tok-cli" in out
-    assert "→ search: tok-cli how is diabetes managed?" in out
-    # "tok-cli" is in no record: the search finds nothing that answers the whole query,
-    # and the model's marker, naming no source, is dropped.
-    assert "The answer for tok-cli is supported by the evidence." in out
+    assert "→ search: how is diabetes managed?" in out
+    assert "The answer for tok-cli is supported by the evidence [1]." in out
+    assert "[1] Metformin in type 2 diabetes  pubmed:1000" in out
 
 
 def test_index_builds_then_skips_unchanged_files(tmp_path: Path) -> None:
