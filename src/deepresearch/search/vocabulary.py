@@ -353,5 +353,10 @@ class Vocabulary:
         n = self.df.get(term, 0)
         return math.log(1 + (self.documents - n + 0.5) / (n + 0.5))
 
+    @property
+    def rare_weight(self) -> float:
+        """The weight of a word found in one record: the scale of every weight."""
+        return math.log(1 + (self.documents - 0.5) / 1.5) if self.documents else 1.0
+
     def names_of(self, titles: Iterable[str]) -> set[str]:
         return {name for title in titles for name in self.aliases.get(title, ())}

@@ -96,7 +96,7 @@ class SearchTool:
         distinct = len({source.source_id for source in found})
         return ToolOutput(
             text="\n=======\n".join(sections),
-            summary=f"{distinct} source{'' if distinct == 1 else 's'} found",
+            summary=f"{distinct} sources found",
             sources=tuple(found),
         )
 
