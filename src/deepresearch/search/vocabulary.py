@@ -349,14 +349,16 @@ class Vocabulary:
         return vocabulary
 
     def idf(self, term: str) -> float:
-        """How much a stem tells apart: log of records over records containing it."""
-        n = self.df.get(term, 0)
+        """How much a stem tells apart: log of records over records containing it. A word
+        in no record weighs as one in a single record: the most the index can tell apart
+        (on a three-record corpus, counting it twice as much made any token sink a question)."""
+        n = max(1, self.df.get(term, 0))
         return math.log(1 + (self.documents - n + 0.5) / (n + 0.5))
 
     @property
     def rare_weight(self) -> float:
         """The weight of a word found in one record: the scale of every weight."""
-        return math.log(1 + (self.documents - 0.5) / 1.5) if self.documents else 1.0
+        return self.idf("") if self.documents else 1.0
 
     def names_of(self, titles: Iterable[str]) -> set[str]:
         return {name for title in titles for name in self.aliases.get(title, ())}
