@@ -23,7 +23,7 @@ FILLER_TEXT = (
     "tell know explain information info anything something someone somebody person "
     "people patient patients doctor doctors physician physicians get gets getting got "
     "thing things way ways please need want like mean means really usually typically "
-    "generally much many kind kinds type lot"
+    "generally much many kind kinds lot"
 )
 STOPWORDS = frozenset(STOPWORD_TEXT.split())
 FILLER = frozenset(FILLER_TEXT.split())
