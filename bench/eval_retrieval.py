@@ -1,7 +1,19 @@
-"""How often the local index, and the offline digest's citations, find the right abstract.
+"""How often the offline digest cites what answers the question, and the index finds it.
 
 Usage: python bench/eval_retrieval.py [--split dev|test] [--k 1,5,10] [--limit N]
                                       [--corpus PATH] [--data-dir DIR] [--eval-dir DIR]
+                                      [--skip-pubmedqa] [--skip-medquad] [--show-misses]
+
+MedQuAD (``medquad-dev.jsonl``; consumer-style questions, each with the passages
+that answer it, and off-topic questions that nothing should answer), through the
+real offline mode:
+
+- hit: an answering passage is among the digest's citations (a citation answers
+  when its id, less the ``@source`` the index adds to repeated ids, is in
+  ``gold_ids`` and its title is the question's ``focus``);
+- lead: the answer's first citation is one;
+- abstain: off-topic questions answered with no citation at all;
+- seconds per question, p50 and p95.
 
 Over the PubMedQA questions of a split (each with the id of the abstract it was
 written from), two measures:
@@ -34,6 +46,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from deepresearch.agent import EvidenceDigestAgent
 from deepresearch.config import load_settings
@@ -69,6 +83,64 @@ def rank_of(gold: str, ids: list[str]) -> int | None:
     return ids.index(gold) + 1 if gold in ids else None
 
 
+@dataclass
+class MedQuad:
+    hits: int = 0
+    leads: int = 0
+    answerable: int = 0
+    abstained: int = 0
+    off_topic: int = 0
+    seconds: list[float] = field(default_factory=list)
+    misses: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        p50 = statistics.median(self.seconds)
+        p95 = statistics.quantiles(self.seconds, n=20)[-1] if len(self.seconds) > 1 else p50
+        head = "| questions | hit | lead | off-topic without citations | p50 s | p95 s |"
+        row = (
+            f"| {self.answerable} + {self.off_topic} off-topic | "
+            f"{self.hits / max(1, self.answerable):.3f} | "
+            f"{self.leads / max(1, self.answerable):.3f} | {self.abstained} of {self.off_topic} | "
+            f"{p50:.4f} | {p95:.4f} |"
+        )
+        return "\n".join([head, "|---|---:|---:|---:|---:|---:|", row])
+
+
+def answers(citation: Any, item: dict[str, Any]) -> bool:
+    return bool(
+        citation.source_id.split("@")[0] in item["gold_ids"] and citation.title == item["focus"]
+    )
+
+
+async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) -> MedQuad:
+    text = await anyio.Path(path).read_text()
+    items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    items = items[:limit] if limit else items
+    measure = MedQuad()
+    for n, item in enumerate(items):
+        t0 = time.perf_counter()
+        agent = EvidenceDigestAgent(f"medquad-{n}", services.tools)
+        citations: list[Any] = []
+        async for event in agent.run(item["question"]):
+            if event.type == "final_answer":
+                citations = list(event.answer_data.citations)
+        measure.seconds.append(time.perf_counter() - t0)
+        if not item["gold_ids"]:
+            measure.off_topic += 1
+            measure.abstained += not citations
+            if citations and show:
+                measure.misses.append(f"off-topic cited: {item['question']}")
+            continue
+        measure.answerable += 1
+        ok = [answers(c, item) for c in citations]
+        measure.hits += any(ok)
+        measure.leads += bool(ok) and ok[0]
+        if show and not (ok and ok[0]):
+            cited = "; ".join(c.title for c in citations[:3]) or "nothing"
+            measure.misses.append(f"{item['question']} [{item['question_type']}] -> {cited}")
+    return measure
+
+
 async def evaluate(args: argparse.Namespace) -> int:
     questions_path = args.eval_dir / f"pubmedqa-{args.split}.jsonl"
     questions: list[dict[str, Any]] = [
@@ -90,6 +162,16 @@ async def evaluate(args: argparse.Namespace) -> int:
             f"index: {state.documents} documents in {args.data_dir} "
             f"(ready in {time.perf_counter() - started:.1f} s)\n"
         )
+        if not args.skip_medquad:
+            medquad = await evaluate_medquad(
+                services, args.eval_dir / "medquad-dev.jsonl", args.limit, args.show_misses
+            )
+            print("MedQuAD dev, offline digest\n")
+            print(medquad.table() + "\n")
+            for miss in medquad.misses:
+                print("  miss:", miss)
+        if args.skip_pubmedqa:
+            return 0
         index = Measure("index (question text)")
         digest = Measure("digest citations", no_answer=0)
         for n, item in enumerate(questions):
@@ -128,6 +210,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=SHARED / "corpus")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "results" / "eval-data")
     parser.add_argument("--eval-dir", type=Path, default=SHARED / "eval")
+    parser.add_argument("--skip-pubmedqa", action="store_true")
+    parser.add_argument("--skip-medquad", action="store_true")
+    parser.add_argument("--show-misses", action="store_true", help="list MedQuAD misses")
     sys.exit(asyncio.run(evaluate(parser.parse_args())))
 
 

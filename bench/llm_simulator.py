@@ -14,6 +14,9 @@ embedded in the first user message, e.g. ``What causes tok-abc? [sim:rounds=2] [
     [sim:noanswer]     never answer, always call another tool
     [sim:python]       call PythonInterpreter with a ``<code>`` block
 
+A ``tok-...`` marker names the conversation in the replies; the tool calls search for the
+question without it (as a model would: a test's session token is no search term).
+
 Usage: python bench/llm_simulator.py --host 127.0.0.1 --port 0 [--token-delay-ms 0]
        [--model sim-model] [--chunk-chars 8]
 
@@ -144,6 +147,13 @@ def strip_directives(question: str) -> str:
     return DIRECTIVE_RE.sub("", question).strip()
 
 
+def search_query(question: str) -> str:
+    """What the simulated model searches for: the question without its directives or its
+    tok- marker (a model searches for the topic, not for a test's session token)."""
+    cleaned = strip_directives(question)
+    return " ".join(TOKEN_RE.sub(" ", cleaned).split()) or cleaned
+
+
 def question_token(question: str) -> str:
     match = TOKEN_RE.search(question)
     if match is not None:
@@ -191,7 +201,7 @@ def scripted_reply(conv: Conversation, directives: Directives) -> str:
             return think + MALFORMED_TOOL_CALL
         if directives.python:
             return think + PYTHON_TOOL_CALL
-        call = {"name": directives.tool, "arguments": {"query": [strip_directives(conv.question)]}}
+        call = {"name": directives.tool, "arguments": {"query": [search_query(conv.question)]}}
         return f"{think}<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>"
     return (
         f"<think>The evidence answers the question about {token}.</think>\n"

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rich.console import Console
+from rich.text import Text
+
+from deepresearch.render import link
 from tests.support import simulator, write_corpus
 
 
@@ -60,6 +64,25 @@ def test_ask_offline_renders_the_digest_with_its_sources(tmp_path: Path) -> None
     assert "Metformin is the first-line therapy" in out
     assert "Sources" in out and "pubmed:1000" in out
     assert "evidence digest complete" in out
+    # The first ask built the index and said so; the next finds it up to date.
+    assert "index ready: 3 documents (3 added)" in out
+    again = deepresearch(
+        "ask", "How is hypertension treated?", cwd=tmp_path, DEEPRESEARCH_CORPUS=str(corpus)
+    )
+    assert again.returncode == 0, again.stderr
+    assert "index ready" not in again.stdout and "Hypertension treatment" in again.stdout
+
+
+def test_long_urls_stay_whole_links_when_wrapped() -> None:
+    url = "https://www.niddk.nih.gov/health-information/" + "a-very-long-path/" * 8
+    console = Console(width=40, force_terminal=True, color_system="standard")
+    with console.capture() as captured:
+        console.print(Text("    ") + link(url), overflow="fold")
+    printed = captured.get()
+    # Every wrapped piece carries the whole address as its hyperlink target.
+    pieces = [line for line in printed.splitlines() if line.strip()]
+    assert len(pieces) > 1
+    assert all("\x1b]8;id=" in line and url in line for line in pieces)
 
 
 def test_ask_with_a_model_shows_rounds_tools_and_the_cited_answer(tmp_path: Path) -> None:
@@ -76,7 +99,7 @@ def test_ask_with_a_model_shows_rounds_tools_and_the_cited_answer(tmp_path: Path
     out = result.stdout
     assert "round 1" in out and "round 2" in out
     assert "I should search for evidence about tok-cli" in out
-    assert "→ search: tok-cli how is diabetes managed?" in out
+    assert "→ search: how is diabetes managed?" in out
     assert "The answer for tok-cli is supported by the evidence [1]." in out
     assert "[1] Metformin in type 2 diabetes  pubmed:1000" in out
 

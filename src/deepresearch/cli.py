@@ -103,6 +103,7 @@ async def _ask_with(
     from deepresearch.runtime.manager import SessionRequest
     from deepresearch.services import open_services
 
+    await _bring_index_up_to_date(settings, renderer.console)
     async with open_services(settings, index_in_background=False, store_dir=scratch) as services:
         session_id = await services.manager.start(
             SessionRequest(question=question, generation=generation, on_disconnect="continue")
@@ -115,6 +116,46 @@ async def _ask_with(
             renderer.show(event)
             last = event.type
     return 0 if last == "completed" else 1
+
+
+async def _bring_index_up_to_date(settings: Settings, console: Console) -> None:
+    """Build what the index lacks of the corpus before asking, showing progress when there
+    is work to do (a first run reads the whole corpus); unchanged files take no time."""
+    from deepresearch.search import EvidenceIndex
+
+    paths = [path for path in settings.corpus if path.exists()]
+    if not paths:
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = EvidenceIndex(settings.index_path)
+    progress = _index_progress(console, "indexing the corpus (only when it changed)")
+    task = progress.add_task("indexing", total=None)
+
+    def advance(records: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=records)
+
+    try:
+        stats = await index.build(paths, advance)
+    finally:
+        progress.stop()
+        index.close()
+    if stats.added:
+        console.print(
+            f"[green]index ready[/]: {stats.documents:,} documents "
+            f"({stats.added:,} added) in {stats.seconds:.1f} s"
+        )
+
+
+def _index_progress(console: Console, description: str) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn(description),
+        TextColumn("{task.completed:,} records"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def ask(args: argparse.Namespace) -> int:
@@ -148,13 +189,7 @@ async def _index(settings: Settings, paths: list[Path]) -> int:
     index = EvidenceIndex(settings.index_path)
     console = Console()
     try:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            TextColumn("{task.completed:,} records"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with _index_progress(console, "indexing") as progress:
             task = progress.add_task("indexing", total=None)
             stats = await index.build(paths, lambda n: progress.update(task, completed=n))
     finally:

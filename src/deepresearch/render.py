@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
+from rich.style import Style
 from rich.text import Text
 
 from deepresearch.events import (
@@ -34,6 +35,10 @@ class TerminalRenderer:
     def __init__(self, console: Console) -> None:
         self._console = console
         self._in_thought = False
+
+    @property
+    def console(self) -> Console:
+        return self._console
 
     def _end_thought(self) -> None:
         if self._in_thought:
@@ -87,4 +92,10 @@ class TerminalRenderer:
             )
             out.print(Text(f"    {preview}", style="dim"))
             if citation.url:
-                out.print(Text(f"    {citation.url}", style="underline blue"))
+                out.print(Text("    ") + link(citation.url), overflow="fold")
+
+
+def link(url: str) -> Text:
+    """``url`` as a terminal hyperlink: wrapped over several lines, every piece still opens
+    the whole address (OSC 8), where a plain long URL would be cut into dead halves."""
+    return Text(url, style=Style(color="blue", underline=True, link=url))

@@ -31,8 +31,9 @@ from deepresearch.search import EvidenceIndex
 from deepresearch.search.europepmc import EuropePMCSearch
 from deepresearch.search.pubmed import PubMedSearch
 from deepresearch.search.ratelimit import RateLimiter
+from deepresearch.search.results import SearchResult
 from deepresearch.sessions import SqliteSessionStore
-from deepresearch.tools.base import Source, Tool
+from deepresearch.tools.base import Tool
 from deepresearch.tools.files import ParseFileTool
 from deepresearch.tools.netguard import guarded_client
 from deepresearch.tools.python import PythonInterpreterTool
@@ -67,7 +68,7 @@ class LocalSearch:
         self._index = index
         self._state = state
 
-    async def search(self, query: str, limit: int) -> list[Source]:
+    async def search(self, query: str, limit: int) -> list[SearchResult]:
         await self._state.ready.wait()
         return await self._index.search(query, limit)
 

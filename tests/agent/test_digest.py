@@ -1,10 +1,8 @@
-"""The offline evidence digest, over a real index of small hand-made corpora."""
+"""The offline evidence digest, over a real index of a small hand-made corpus."""
 
 from __future__ import annotations
 
 import json
-import re
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,76 +10,89 @@ from typing import Any
 import pytest
 
 from deepresearch.agent import EvidenceDigestAgent
-from deepresearch.agent.digest import PREAMBLE
-from deepresearch.agent.ranking import Question, stem
-from deepresearch.events import Event, FinalAnswer, ToolCallStart
+from deepresearch.agent.digest import NOTHING_FOUND, PREAMBLE
+from deepresearch.agent.ranking import sentences, split_heading
+from deepresearch.events import Completed, Event, FinalAnswer, FinalAnswerChunk, ToolCallStart
 from deepresearch.search import EvidenceIndex
 from deepresearch.services import IndexState, LocalSearch
 from deepresearch.tools.base import Tool
 from deepresearch.tools.search import SearchTool
 
-LINE = re.compile(r"^- (.+) \[(\d+)\]$")
 Tools = dict[str, Tool]
 Search = Callable[[list[dict[str, Any]]], Awaitable[Tools]]
 
 
-def record(rid: str, source: str, text: str) -> dict[str, Any]:
-    return {"id": rid, "source": source, "url": f"https://example.org/{rid}", "text": text}
+def page(rid: str, title: str, kind: str, text: str, source: str = "NIH") -> dict[str, Any]:
+    return {
+        "id": rid,
+        "source": source,
+        "url": f"https://example.org/{rid}",
+        "title": title,
+        "question_type": kind,
+        "question": f"What about {title} ?",
+        "text": text,
+    }
 
 
-INFORMATIVE = "Hypertension is treated with lifestyle changes and medicines."
+ANSWER = "High blood pressure is treated with lifestyle changes and medicines."
 CORPUS = [
-    record(
-        "seniors:1",
-        "NIHSeniorHealth",
-        "How is hypertension treated? " + INFORMATIVE + " Learn more about hypertension here. "
-        "For more information about hypertension treatment, call 1-800-555-0100. "
-        "Visit https://www.example.gov/hypertension to read about hypertension treatment.",
+    page(
+        "hbp:1",
+        "High Blood Pressure",
+        "information",
+        "High blood pressure, also called hypertension, is a common disease in which blood "
+        "flows through the arteries at higher than normal pressures.",
     ),
-    record(
-        "ghr:2",
-        "GHR",
-        "These resources address the diagnosis or management of hypertension: - Genetic "
-        "Testing Registry: Essential hypertension - MedlinePlus Encyclopedia: Hypertension",
+    page(
+        "hbp:2",
+        "High Blood Pressure",
+        "treatment",
+        f"{ANSWER} Treatment can help control blood pressure, but it will not cure high blood "
+        "pressure. For more information, call 1-800-555-0100 or visit https://example.gov.",
     ),
-    record(
-        "pubmed:3",
-        "PubMed",
-        "Background: Hypertension treatment in older adults is often debated by doctors.\n"
-        "Methods: We randomised 300 older adults with hypertension to two treatment arms.\n"
-        "Conclusions: Intensive treatment of hypertension lowered the rate of stroke in "
-        "older adults.",
+    page(
+        "kidney:1",
+        "Kidney Disease",
+        "treatment",
+        "High blood pressure (hypertension) is treated with medication in people whose kidney "
+        "disease is advanced. Kidney failure is treated with dialysis or a transplant.",
     ),
-    record(
-        "mplus:4",
-        "MPlusHealthTopics",
-        "Hypertension treatment often starts with a diet low in salt. Regular exercise is an "
-        "important part of hypertension management. Losing weight helps treat hypertension in "
-        "people who are overweight. Drinking less alcohol is part of treating hypertension. "
-        "Stopping smoking also supports the treatment of hypertension.",
+    page(
+        "pah:1",
+        "Pulmonary Hypertension",
+        "treatment",
+        "Pulmonary hypertension is treated with medicines that open the lung arteries.",
     ),
-    record(
-        "nhlbi:5",
-        "NHLBI",
-        "High blood pressure (hypertension) is treated with lifestyle changes and medicines.",
+    page(
+        "gout:1",
+        "Gout",
+        "treatment",
+        "Gout is treated with medicines that lower uric acid in the blood. Future Treatments "
+        "Scientists, doctors, and researchers continue to study new medicines for gout.",
     ),
-    record("asthma:6", "NHLBI", "Inhaled corticosteroids reduce asthma attacks in children."),
-]
-
-
-GOUT = [
-    record(
-        "fact:1",
-        "CDC",
-        "Gout treatment relieves the pain of a flare quickly. Gout treatment uses colchicine "
-        "or steroids during flares. Gout treatment includes allopurinol to lower uric acid. "
-        "Gout treatment also includes changes in diet and drink. Gout treatment with "
-        "febuxostat lowers uric acid too. Gout treatment usually continues for many years.",
+    page(
+        "gout:2",
+        "Gout",
+        "symptoms",
+        "Gout causes sudden pain, swelling and redness in a joint, often the big toe.",
     ),
-    record("nih:2", "NIDDK", "Gout is treated with medicines that lower uric acid in blood."),
-    record("nih:3", "GARD", "Gout is treated with medicines that lower uric acid in blood, too."),
-    record("nih:4", "NHLBI", "Resting the joint helps during a gout flare and its treatment."),
-    record("nih:5", "NINDS", "Ice packs can ease gout pain while the treatment starts."),
+    page(
+        "ghr:1",
+        "Gout",
+        "treatment",
+        "These resources address the diagnosis or management of gout: - Genetic Testing "
+        "Registry: Gout - MedlinePlus Encyclopedia: Gout",
+        source="GHR",
+    ),
+    {
+        "id": "pubmed:9",
+        "source": "PubMed",
+        "url": "https://pubmed.ncbi.nlm.nih.gov/9/",
+        "mesh": ["Gout", "Allopurinol"],
+        "text": "Background: We aimed to determine whether allopurinol dosing affects gout "
+        "flares in older adults.\nConclusions: Higher allopurinol doses reduced gout flares "
+        "in older adults over two years.",
+    },
 ]
 
 
@@ -116,157 +127,138 @@ async def run(tools: Tools, question: str) -> list[Event]:
     return [event async for event in EvidenceDigestAgent("sid-1", tools).run(question)]
 
 
-def quoted(final: FinalAnswer) -> list[tuple[str, str]]:
-    """(sentence, cited source id) for every line of the digest after the preamble."""
-    sources = {c.id: c.source_id for c in final.answer_data.citations}
-    body = final.answer_data.answer.removeprefix(PREAMBLE).strip().splitlines()
-    lines = [LINE.match(line) for line in body]
-    assert all(lines), body
-    return [(m.group(1), sources[m.group(2)]) for m in lines if m]
+def final(events: list[Event]) -> FinalAnswer:
+    found = [e for e in events if isinstance(e, FinalAnswer)]
+    assert len(found) == 1
+    return found[0]
 
 
-def test_the_question_becomes_a_few_query_variants() -> None:
-    treated = Question.parse("How should type 2 diabetes be managed?")
-    assert treated.variants() == [
-        "How should type 2 diabetes be managed?",
-        "type 2 diabetes managed",
-        "type 2 diabetes treatment",
-        "type 2 diabetes management",
-    ]
-    assert Question.parse("What causes asthma?").variants() == [
-        "What causes asthma?",
-        "causes asthma",
-        "asthma causes",
-    ]
-    # A yes/no question's words are all its topic: no aspect queries.
-    yes_no = Question.parse("Is aspirin safe in patients treated for angina?")
-    assert yes_no.variants() == [
-        "Is aspirin safe in patients treated for angina?",
-        "aspirin safe patients treated angina",
-    ]
-    assert (yes_no.topic, yes_no.intents) == (
-        ("aspirin", "safe", "patients", "treated", "angina"),
-        (),
-    )
-    assert Question.parse("What is it?").variants() == ["What is it?"]
-
-
-def test_the_stemmer_joins_forms_of_a_word() -> None:
-    assert {stem(w) for w in ["treatment", "treated", "treats", "treating"]} == {"treat"}
-    assert {stem(w) for w in ["management", "managed", "manage"]} == {"manag"}
-    assert stem("diabetes") == stem("diabetic") and stem("progress") == stem("progression")
-
-
-async def test_events_have_the_agent_shape_and_one_search_with_every_variant(
-    tools: Tools,
-) -> None:
-    question = "How is hypertension treated?"
-    events = await run(tools, question)
-    assert [e.type for e in events] == [
-        "round_start",
-        "thinking",
-        "tool_call_start",
-        "tool_result",
-        "answer_generation",
-        "final_answer_chunk",
-        "final_answer",
-        "completed",
-    ]
-    assert {e.session_id for e in events} == {"sid-1"}
-    call = next(e for e in events if isinstance(e, ToolCallStart))
-    assert call.tool_name == "search"
-    assert call.tool_args == {"query": Question.parse(question).variants()}
-    final = events[-2]
-    assert isinstance(final, FinalAnswer)
-    assert events[-3].content == final.content == final.answer_data.answer
-    # The reader is told plainly what this is.
-    assert final.answer_data.answer.startswith(PREAMBLE)
-    assert "not a synthesis" in PREAMBLE and "Extractive evidence digest" in PREAMBLE
-
-
-async def test_informative_sentences_are_chosen_and_boilerplate_never(
+async def test_a_clinical_term_finds_the_consumer_page_about_it_and_its_answer(
     tools: Tools,
 ) -> None:
     events = await run(tools, "How is hypertension treated?")
-    final = events[-2]
-    assert isinstance(final, FinalAnswer)
-    lines = quoted(final)
-    sentences = [sentence for sentence, _ in lines]
-    assert 4 <= len(lines) <= 6
-    # The plain statement of treatment is quoted (in either source's words).
-    assert any(s.endswith("is treated with lifestyle changes and medicines.") for s in sentences)
-    for junk in ["Learn more", "1-800", "https://", "These resources", "Testing Registry"]:
-        assert not any(junk in s for s in sentences), junk
-    # The abstract speaks through its conclusion, not its background or methods.
-    from_abstract = [s for s, source in lines if source == "pubmed:3"]
-    assert from_abstract[0].startswith("Intensive treatment of hypertension lowered")
-    assert not any("asthma" in s for s in sentences)
+    answer = final(events).answer_data
+    assert answer.answer.startswith(PREAMBLE)
+    assert ANSWER in answer.answer
+    # The page about it leads; a passing mention on another disease's page is not quoted.
+    assert answer.citations[0].source_id == "hbp:2"
+    assert "dialysis" not in answer.answer and "lung arteries" not in answer.answer
+    assert "1-800" not in answer.answer and "https://" not in answer.answer
 
 
-async def test_citations_point_at_the_quoted_sources(tools: Tools) -> None:
-    events = await run(tools, "How is hypertension treated?")
-    final = events[-2]
-    assert isinstance(final, FinalAnswer)
-    lines = quoted(final)
-    by_id = {c.source_id: c for c in final.answer_data.citations}
-    for sentence, source_id in lines:
-        assert sentence in by_id[source_id].full_content
-        assert by_id[source_id].url == f"https://example.org/{source_id}"
-    # Every citation is used, in order of first use.
-    assert [c.source_id for c in final.answer_data.citations] == list(
-        dict.fromkeys(source for _, source in lines)
-    )
+async def test_events_have_the_agent_shape_with_one_search_of_the_question(
+    tools: Tools,
+) -> None:
+    events = await run(tools, "How is gout treated?")
+    types = [e.type for e in events]
+    assert types[0] == "round_start" and types[1] == "thinking"
+    calls = [e for e in events if isinstance(e, ToolCallStart)]
+    assert len(calls) == 1 and calls[0].tool_args == {"query": ["How is gout treated?"]}
+    assert types[-3:] == ["final_answer_chunk", "final_answer", "completed"]
+    chunk = next(e for e in events if isinstance(e, FinalAnswerChunk))
+    assert chunk.content == final(events).answer_data.answer
 
 
-async def test_two_sentences_at_most_from_one_source_and_no_repeats(search: Search) -> None:
-    events = await run(await search(GOUT), "How is gout treated?")
-    final = events[-2]
-    assert isinstance(final, FinalAnswer)
-    lines = quoted(final)
-    # fact:1 has six sentences on treating gout, the best matches of all.
-    assert Counter(source for _, source in lines)["fact:1"] == 2
-    # nih:3 says what nih:2 says: one of them is quoted, not both.
-    repeats = [s for s, _ in lines if s.startswith("Gout is treated with medicines")]
-    assert len(repeats) == 1
+async def test_points_are_grouped_by_source_and_numbered_in_order(tools: Tools) -> None:
+    answer = final(await run(tools, "How is gout treated?")).answer_data
+    blocks = answer.answer.removeprefix(PREAMBLE).strip().split("\n\n")
+    assert blocks[0].splitlines()[0] == "**Gout**"
+    assert "- Gout is treated with medicines that lower uric acid in the blood. [1]" in blocks[0]
+    # The heading run into the next sentence is split off.
+    assert "- Scientists, doctors, and researchers continue" in blocks[0]
+    assert "Future Treatments" not in answer.answer
+    assert [c.id for c in answer.citations] == [str(n) for n in range(1, len(answer.citations) + 1)]
+    # A list of links answers too, but is named, not quoted.
+    assert "Also found for this question, not quoted: Gout [2]." in answer.answer
+    assert answer.citations[1].source_id == "ghr:1"
 
 
-async def test_no_answer_when_nothing_matches(tools: Tools) -> None:
-    events = await run(tools, "How are zebrafish fins regenerated?")
-    assert [e.type for e in events] == [
-        "round_start",
-        "thinking",
-        "tool_call_start",
-        "tool_result",
-        "no_answer",
+async def test_nothing_found_is_said_plainly_with_no_citations(tools: Tools) -> None:
+    for question in ("What is the capital of France?", "Who painted the Mona Lisa?"):
+        events = await run(tools, question)
+        answer = final(events).answer_data
+        assert answer.answer == NOTHING_FOUND and answer.citations == []
+        assert isinstance(events[-1], Completed)
+
+
+async def test_an_untitled_abstract_gets_a_title_marked_as_made_from_it(tools: Tools) -> None:
+    answer = final(await run(tools, "Does the allopurinol dose affect gout flares?")).answer_data
+    cited = {c.source_id: c.title for c in answer.citations}
+    assert cited["pubmed:9"].startswith("Untitled abstract: We aimed to determine whether")
+    assert "Higher allopurinol doses reduced gout flares" in answer.answer
+
+
+async def test_nothing_found_when_the_search_tool_fails() -> None:
+    events = [e async for e in EvidenceDigestAgent("sid-2", {}).run("How is gout treated?")]
+    assert final(events).answer_data.citations == []
+    assert events[-1].type == "completed"
+
+
+async def test_a_best_match_with_nothing_to_quote_is_named_first(search: Search) -> None:
+    # Unrelated pages, so that the syndrome's name is as rare here as in a real corpus.
+    others = [
+        page(f"other:{n}", f"Condition {n}", "information", f"Condition {n} affects the skin.")
+        for n in range(200)
     ]
-    assert "no relevant evidence" in events[-1].content
+    tools = await search(
+        [
+            *others,
+            page(
+                "ghr:9",
+                "Fryns syndrome",
+                "treatment",
+                "These resources address the diagnosis or management of Fryns syndrome: - "
+                "Genetic Testing Registry: Fryns syndrome - MedlinePlus Encyclopedia: Hernia",
+                source="GHR",
+            ),
+            page(
+                "gard:9",
+                "Fryns syndrome",
+                "information",
+                "Fryns syndrome is a condition that affects many parts of the body. Treatment "
+                "is supportive and is managed by a team of specialists.",
+            ),
+        ]
+    )
+    answer = final(await run(tools, "How is Fryns syndrome treated?")).answer_data
+    body = answer.answer.removeprefix(PREAMBLE).strip().split("\n\n")
+    assert (
+        body[0] == "Best matches, with nothing to quote (lists of resources): Fryns syndrome [1]."
+    )
+    assert "- Treatment is supportive and is managed by a team of specialists. [2]" in body[1]
+    assert [c.source_id for c in answer.citations] == ["ghr:9", "gard:9"]
 
 
-async def test_no_answer_when_the_search_tool_fails() -> None:
-    events = await run({}, "How is hypertension treated?")
-    assert [e.type for e in events][-2:] == ["tool_error", "no_answer"]
+def test_headings_run_into_sentences_are_split() -> None:
+    assert split_heading("Future Treatments Scientists, doctors, and researchers continue.") == (
+        "Future Treatments",
+        "Scientists, doctors, and researchers continue.",
+    )
+    assert split_heading("Changes in Body Functions Researchers continue to study it.") == (
+        "Changes in Body Functions",
+        "Researchers continue to study it.",
+    )
+    assert split_heading("Outlook Most people recover within weeks.")[0] == "Outlook"
+    for sentence in (
+        "High blood pressure is treated with medicines.",
+        "Parkinson Disease is a disorder of the brain.",
+        "Adult Acute Lymphoblastic Leukemia (ALL) is a type of cancer.",
+    ):
+        assert split_heading(sentence) == (None, sentence)
 
 
-def test_a_source_s_own_reference_marks_are_not_taken_for_citations() -> None:
-    from deepresearch.agent.digest import compose
-    from deepresearch.agent.ranking import Candidate
-    from deepresearch.tools.base import Source, ToolContext
-
-    context = ToolContext("s")
-    first = Source("medquad:a", "A", "u", "x")
-    second = Source("medquad:b", "B", "u2", "text")
-    context.citations.number(first)
-    sentence = "It is inherited in an autosomal recessive manner.[1][2]"
-    chosen = [Candidate(1.0, sentence, second, frozenset())]
-    digest = compose(chosen, context)
-    assert digest is not None
-    assert digest.endswith("- It is inherited in an autosomal recessive manner. [2]")
+def test_a_list_run_into_a_sentence_is_quoted_on_one_line() -> None:
+    text = "Signs of gout include - sudden pain - swelling of a joint - redness and warmth"
+    assert [s for s, _, _ in sentences(text)] == [
+        "Signs of gout include: sudden pain; swelling of a joint; redness and warmth."
+    ]
 
 
-def test_clinical_terms_are_also_searched_in_consumer_words() -> None:
-    from deepresearch.agent.ranking import Question
-
-    question = Question.parse("How is hypertension treated?")
-    assert "high blood pressure treatment" in question.variants()
-    assert question.weights()["pressur"] == 1.0
-    assert Question.parse("Does metformin reduce mortality?").lay_topic() is None
+def test_boilerplate_and_resource_lists_are_never_sentences() -> None:
+    text = (
+        "Gout is treated with medicines that lower uric acid. Learn more at the website. "
+        "Genetic Testing Registry: Gout - MedlinePlus Encyclopedia: Gout Arthritis Now"
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Gout is treated with medicines that lower uric acid."
+    ]

@@ -1,9 +1,11 @@
 """The offline evidence mode: the same events and tools, driven without a model.
 
-A deterministic planner turns the question into a few search queries (one tool
-call), ranks the sentences of what it found (``ranking.py``), and composes an
-extractive digest: the most relevant sentences, each with its citation, plainly
-labelled as quotations, not a synthesis.
+The question goes to the search tool as asked: the search understands it (its
+focus and intent, ``search/understanding.py``) and returns only passages that
+answer it, best first, or none. The digest quotes the best sentences of the first
+few (``ranking.py``), grouped by source, plainly labelled as quotations, not a
+synthesis. When the index holds nothing that answers the question it says so,
+with no citations.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import anyio.to_thread
 
 from deepresearch.agent.citations import cite
 from deepresearch.agent.parsing import ToolCall
-from deepresearch.agent.ranking import Candidate, Question, select
+from deepresearch.agent.ranking import Point, select
 from deepresearch.agent.tooling import ToolRunner
 from deepresearch.events import (
     AnswerGeneration,
@@ -23,17 +25,30 @@ from deepresearch.events import (
     Event,
     FinalAnswer,
     FinalAnswerChunk,
-    NoAnswer,
     RoundStart,
     Thinking,
     ToolResult,
 )
+from deepresearch.search.understanding import understand
+from deepresearch.search.vocabulary import Vocabulary
 from deepresearch.tools.base import Source, Tool, ToolContext
 
 PREAMBLE = (
     "**Extractive evidence digest.** No language model is configured on this server, so this "
-    "is not a synthesis: these are the sentences from the sources found that best match the "
-    "question, quoted as written, each with its source. Read the sources before relying on them."
+    "is not a synthesis: these are the sentences from the sources found that best answer the "
+    "question, quoted as written, grouped by source. Read the sources before relying on them."
+)
+UNQUOTED = (
+    "**Extractive evidence digest.** No language model is configured on this server. The "
+    "sources found for this question have no sentence that can be quoted as an answer (they "
+    "are mostly lists of further resources); they are listed here to be read."
+)
+MAX_LISTED = 5  # sources named in a digest, quoted or not
+NOTHING_FOUND = (
+    "**No evidence found.** The evidence index on this server holds nothing that answers "
+    "this question, so there is nothing to quote. It covers consumer-health pages from the "
+    "NIH and PubMed abstracts; a question on another subject, or on a topic they do not "
+    "cover, finds nothing here."
 )
 
 
@@ -46,19 +61,50 @@ def _without_references(sentence: str) -> str:
     return SOURCE_REFERENCE.sub("", sentence).strip()
 
 
-def compose(chosen: Sequence[Candidate], context: ToolContext) -> str | None:
-    """The digest in Markdown with ``[n]`` markers, or ``None`` if nothing was chosen."""
-    if not chosen:
-        return None
-    lines = [
-        f"- {_without_references(c.sentence)} [{context.citations.number(c.source)}]"
-        for c in chosen
-    ]
-    return PREAMBLE + "\n\n" + "\n".join(lines)
+def compose(points: Sequence[Point], sources: Sequence[Source], context: ToolContext) -> str:
+    """The digest in Markdown, in the search's order of relevance: the quotes grouped by
+    the page they are from, each with the ``[n]`` of its passage; sources found for the
+    question with no sentence worth quoting (lists of links, mostly) are named where
+    they rank: before the quotes when they rank above them, else after."""
+    if not sources:
+        return NOTHING_FOUND
+    quoted = {p.source.source_id for p in points}
+    listed = [s for s in sources if s.source_id not in quoted][: max(0, MAX_LISTED - len(quoted))]
+    first = next((i for i, s in enumerate(sources) if s.source_id in quoted), len(sources))
+    ahead = [s for s in listed if sources.index(s) < first]
+    behind = [s for s in listed if s not in ahead]
+    parts = [PREAMBLE if points else UNQUOTED]
+    if ahead and points:
+        parts.append(
+            f"Best matches, with nothing to quote (lists of resources): {_names(ahead, context)}."
+        )
+    elif ahead:
+        parts.append(f"Found for this question: {_names(ahead, context)}.")
+    pages: dict[tuple[str, str], list[Point]] = {}
+    for point in points:
+        pages.setdefault((point.source.title, point.source.url), []).append(point)
+    for (title, _), group in pages.items():
+        lines = [f"**{_plain(title)}**"]
+        lines.extend(
+            f"- {_without_references(p.sentence)} [{context.citations.number(p.source)}]"
+            for p in group
+        )
+        parts.append("\n".join(lines))
+    if behind:
+        parts.append(f"Also found for this question, not quoted: {_names(behind, context)}.")
+    return "\n\n".join(parts)
+
+
+def _names(sources: Sequence[Source], context: ToolContext) -> str:
+    return "; ".join(f"{_plain(s.title)} [{context.citations.number(s)}]" for s in sources)
+
+
+def _plain(title: str) -> str:
+    return title.replace("*", "").replace("[", "(").replace("]", ")").strip()
 
 
 class EvidenceDigestAgent:
-    """Searches once with a few query variants and answers with an extractive digest."""
+    """Searches once with the question and answers with an extractive digest."""
 
     def __init__(self, session_id: str, tools: Mapping[str, Tool]) -> None:
         self.session_id = session_id
@@ -67,32 +113,35 @@ class EvidenceDigestAgent:
 
     async def run(self, question: str) -> AsyncGenerator[Event, None]:
         sid = self.session_id
-        parsed = Question.parse(question)
-        queries = parsed.variants()
+        # The intent and the question's words; the search itself knows the vocabulary.
+        understood = understand(question, Vocabulary())
         yield RoundStart(session_id=sid, round=1)
         plan = (
-            "Offline evidence mode: searching the evidence index for "
-            + "; ".join(f"'{q}'" for q in queries)
-            + ", then quoting the sentences that best match the question."
+            f"Offline evidence mode: searching the evidence index for '{question.strip()}'"
+            + (
+                f" (asking about: {', '.join(understood.intents[:1])})"
+                if understood.intents
+                else ""
+            )
+            + ", then quoting the sentences that best answer it."
         )
         yield Thinking(session_id=sid, round=1, content=plan, delta=plan)
         sources: list[Source] = []
         async for event in self._tools.call(
-            ToolCall("search", {"query": queries}), 1, self._context
+            ToolCall("search", {"query": [question.strip()]}), 1, self._context
         ):
             if isinstance(event, ToolResult):
                 sources = self._context.citations.sources()
             yield event
-        # Cutting and scoring a few hundred sentences is CPU work: off the event loop.
-        chosen = await anyio.to_thread.run_sync(select, parsed, sources)
-        digest = compose(chosen, self._context)
-        if digest is None:
-            yield NoAnswer(
-                session_id=sid, content="no relevant evidence was found for the question"
-            )
-            return
+        # Cutting and scoring sentences is CPU work: off the event loop.
+        points = await anyio.to_thread.run_sync(select, understood, sources)
+        # ``cite`` numbers the sources 1..n in the order the digest names them.
+        digest = compose(points, sources, self._context)
         cited = cite(digest, self._context.citations)
         yield AnswerGeneration(session_id=sid, content="writing the digest")
         yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
         yield FinalAnswer(session_id=sid, content=cited.data.answer, answer_data=cited.data)
-        yield Completed(session_id=sid, content="evidence digest complete")
+        yield Completed(
+            session_id=sid,
+            content="evidence digest complete" if sources else "no evidence found for the question",
+        )

@@ -10,7 +10,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import date
 
-from deepresearch.agent.citations import cite
+from deepresearch.agent.citations import cite, renumber_partial
 from deepresearch.agent.conversation import Exchange, framed_question
 from deepresearch.agent.dialects import Dialect, dialect_for
 from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_far, reasoning
@@ -122,13 +122,13 @@ class ReactAgent:
             messages.append(dialect.assistant_message(reply.text, reply.calls))
             parsed = dialect.parse(reply.text, reply.calls)
             if isinstance(parsed, Answer):
+                cited = cite(parsed.text, self._context.citations)
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
                     if not self._answer_announced:
                         self._answer_announced = True
                         yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
-                    yield FinalAnswerChunk(session_id=sid, content=parsed.text)
-                cited = cite(parsed.text, self._context.citations)
+                    yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
                 yield FinalAnswer(
                     session_id=sid,
                     content=cited.data.answer,
@@ -259,4 +259,6 @@ class ReactAgent:
                     self._answer_announced = True
                     yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
                 reply.shown_answer = answer
-                yield FinalAnswerChunk(session_id=sid, content=answer)
+                # Numbered as the final answer will be: 1..n in order of first use.
+                shown = renumber_partial(answer, self._context.citations)
+                yield FinalAnswerChunk(session_id=sid, content=shown)

@@ -17,7 +17,7 @@ import httpx
 from deepresearch.errors import ToolFailure
 from deepresearch.search.pubmed import abstract_snippet, pubmed_url
 from deepresearch.search.ratelimit import RateLimiter, paced_get
-from deepresearch.tools.base import Source
+from deepresearch.search.results import SearchResult
 
 # Europe PMC abstracts carry a little HTML: <h4> section headings, <b>, <i>, <sup>, <p>.
 _HEADING = re.compile(r"<h[1-6][^>]*>(.*?)</h[1-6]\s*>", re.IGNORECASE | re.DOTALL)
@@ -44,7 +44,7 @@ class EuropePMCSearch:
         self._url = f"{base_url.rstrip('/')}/search"
         self._timeout = timeout
 
-    async def search(self, query: str, limit: int) -> list[Source]:
+    async def search(self, query: str, limit: int) -> list[SearchResult]:
         if limit <= 0 or not query.strip():
             return []
         params = {"query": query, "format": "json", "resultType": "core", "pageSize": str(limit)}
@@ -78,7 +78,7 @@ class EuropePMCSearch:
         return response.status_code == httpx.codes.OK
 
 
-def parse_results(payload: Any) -> list[Source]:
+def parse_results(payload: Any) -> list[SearchResult]:
     """Sources from a ``resultType=core`` JSON answer; ``ValueError`` if its shape is wrong."""
     results = payload.get("resultList") if isinstance(payload, dict) else None
     records = results.get("result", []) if isinstance(results, dict) else None
@@ -87,7 +87,7 @@ def parse_results(payload: Any) -> list[Source]:
     return [_source(record) for record in records if isinstance(record, dict)]
 
 
-def _source(record: dict[str, Any]) -> Source:
+def _source(record: dict[str, Any]) -> SearchResult:
     pmid, pmcid, doi = _field(record, "pmid"), _field(record, "pmcid"), _field(record, "doi")
     origin, rid = _field(record, "source"), _field(record, "id")
     if pmid:
@@ -101,7 +101,7 @@ def _source(record: dict[str, Any]) -> Source:
     url = pubmed_url(pmid) if pmid else f"https://europepmc.org/article/{origin}/{rid}"
     title = _plain(_field(record, "title")).replace("\n", " ")
     abstract = _plain(_field(record, "abstractText"))
-    return Source(
+    return SearchResult(
         source_id=source_id,
         title=title,
         url=url,

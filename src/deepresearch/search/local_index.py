@@ -26,8 +26,12 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from deepresearch.search.synonyms import LAY_TERMS
-from deepresearch.tools.base import Source
+from deepresearch.search import vocabulary
+from deepresearch.search.relevance import NEAR_BEST, Passage, Scorer
+from deepresearch.search.results import SearchResult, derived_title, snippet
+from deepresearch.search.text import STOPWORDS
+from deepresearch.search.understanding import Understanding, understand
+from deepresearch.search.vocabulary import Vocabulary
 
 T = TypeVar("T")
 Progress = Callable[[int], None] | None
@@ -37,8 +41,6 @@ _BATCH_ROWS = 1000  # rows per executemany, and how often progress() is told
 _COMMIT_ROWS = 5000  # rows per transaction: big enough for speed, small enough for readers
 # bm25() weights for (title, text, mesh, question), tuned on the PubMedQA dev split.
 _WEIGHTS = (4.0, 2.0, 4.0, 2.0)
-_SNIPPET_TOKENS = 40
-_TITLE_CHARS = 80
 _CORE_FIELDS = frozenset({"id", "source", "url", "title", "year", "text"})
 # Raised when the same file would now yield different records (2: repeated ids are
 # renamed, not overwritten); an index built by an older version re-ingests every file.
@@ -68,6 +70,7 @@ CREATE TABLE IF NOT EXISTS documents (
     question TEXT GENERATED ALWAYS AS (json_extract(extra, '$.question')) VIRTUAL
 );
 CREATE INDEX IF NOT EXISTS documents_origin ON documents (origin, generation);
+CREATE INDEX IF NOT EXISTS documents_title ON documents (title);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -94,34 +97,19 @@ ON CONFLICT (id) DO UPDATE SET
     origin = excluded.origin, generation = excluded.generation
 """
 
-# Ranking reads only the FTS index; rows and snippets are then fetched for the
-# winners alone. One query doing both built them for every match before sorting:
-# twice the latency on the full corpus.
+# BM25 gathers candidates from the FTS index alone; rows are then read for those
+# and for the focus's own pages, and ranked by coverage (``relevance.py``).
 _RANK = f"""
 SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?
 ORDER BY bm25(documents_fts, {", ".join(map(str, _WEIGHTS))}) LIMIT ?
 """
-_FETCH = f"""
-SELECT d.id, d.title, d.url, d.text, d.year,
-       snippet(documents_fts, 1, '', '', '…', {_SNIPPET_TOKENS})
-FROM documents_fts JOIN documents AS d ON d.n = documents_fts.rowid
-WHERE documents_fts MATCH ? AND documents_fts.rowid = ?
-"""
+_CANDIDATES = 60  # BM25 candidates per search
+_PAGE_PASSAGES = 400  # passages read from the focus's own pages, at most
+_ROW = "SELECT n, title, text, extra, id, url, year FROM documents"
 
-# A common English list; no domain words, BM25 IDF already discounts those.
-_STOPWORD_TEXT = (
-    "a about above after again against all am an and any are as at be because been before "
-    "being below between both but by can could did do does doing down during each few for "
-    "from further had has have having he her here hers herself him himself his how if in "
-    "into is it its itself just me more most my myself no nor not now of off on once only "
-    "or other our ours ourselves out over own same she should so some such than that the "
-    "their theirs them themselves then there these they this those through to too under "
-    "until up very was we were what when where which while who whom why will with would "
-    "you your yours yourself yourselves"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W_]+")  # letters and digits only: never a quote or FTS operator
 _MAX_TERMS = 64  # a pasted essay should not become a thousand-way OR
+_MAX_NAMES = 12  # other names of the focus added to a query
 
 # id, source, url, title, year, text, extra, origin, generation
 Row = tuple[str, str, str, str | None, int | None, str, str, str, int]
@@ -146,12 +134,18 @@ def fts_query(text: str) -> str:
     # accents would otherwise split words ("İstanbul" lost its first letter).
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     normal = "".join(c for c in decomposed if not unicodedata.combining(c))
-    words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in _STOPWORDS)
+    words = (w for w in _WORD.findall(normal) if len(w) > 1 and w not in STOPWORDS)
     terms = list(dict.fromkeys(words))[:_MAX_TERMS]  # dict: dedupe, keep order
-    # A clinical term also finds its consumer-health phrase ("hypertension": the
-    # NIH's pages say "high blood pressure"), as one quoted phrase.
-    phrases = [words for term, words in LAY_TERMS.items() if term in " ".join(terms)]
-    return " OR ".join([f'"{t}"' for t in terms] + [f'"{p}"' for p in phrases])
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+def understood_query(understanding: Understanding, vocabulary: Vocabulary) -> str:
+    """The FTS query for an understood question: its words, and its focus's other names
+    as phrases ("hypertension" also finds "high blood pressure")."""
+    plain = fts_query(understanding.text)
+    names = sorted(vocabulary.names_of(understanding.titles))[:_MAX_NAMES]
+    phrases = [f'"{name}"' for name in names if name and '"' not in name]
+    return " OR ".join(part for part in [plain, *phrases] if part)
 
 
 class EvidenceIndex:
@@ -171,6 +165,7 @@ class EvidenceIndex:
         # Further readers wait here, not in worker threads: forty threads fighting for the
         # GIL stalled the event loop for 100 ms and slowed a running build twentyfold.
         self._readers = anyio.CapacityLimiter(max_readers)
+        self._vocabulary: Vocabulary | None = None  # read by the first search after a build
 
     async def build(self, paths: Sequence[Path], progress: Progress = None) -> IndexStats:
         """Ingest JSONL / JSONL.gz files (a folder means its ``*.jsonl[.gz]``), skipping
@@ -186,17 +181,55 @@ class EvidenceIndex:
         """
         return await anyio.to_thread.run_sync(self._build, paths, progress)
 
-    async def search(self, query: str, limit: int = 10) -> list[Source]:
-        match = fts_query(query)
-        if not match or limit <= 0:
+    async def search(self, query: str, limit: int = 10) -> list[SearchResult]:
+        """The passages that answer ``query``, best first; none when nothing does."""
+        if not fts_query(query) or limit <= 0:
             return []
-        rows = await self._read(lambda c: _ranked(c, match, limit))
-        return [_source(*row) for row in rows]
+        return await self._read(lambda c: self._search(c, query, limit))
 
-    async def get(self, source_id: str) -> Source | None:
-        sql = "SELECT id, title, url, text, year FROM documents WHERE id = ?"
-        row = await self._read(lambda c: c.execute(sql, (source_id,)).fetchone())
-        return None if row is None else _source(*row)
+    async def get(self, source_id: str) -> SearchResult | None:
+        row = await self._read(lambda c: c.execute(f"{_ROW} WHERE id = ?", (source_id,)).fetchone())
+        return None if row is None else _result(row)
+
+    def vocabulary(self) -> Vocabulary:
+        """The index's vocabulary (blocking: call it from a worker thread)."""
+        return self._with_reader(self._vocabulary_of)
+
+    def _vocabulary_of(self, conn: sqlite3.Connection) -> Vocabulary:
+        with self._lock:
+            loaded = self._vocabulary
+        if loaded is None:
+            loaded = Vocabulary.load(conn)
+            with self._lock:
+                self._vocabulary = loaded
+        return loaded
+
+    def _search(self, conn: sqlite3.Connection, query: str, limit: int) -> list[SearchResult]:
+        vocab = self._vocabulary_of(conn)
+        understanding = understand(query, vocab)
+        scorer = Scorer(understanding, vocab)
+        if scorer.empty:
+            return []
+        match = understood_query(understanding, vocab)
+        ranks = {n: r for r, (n,) in enumerate(conn.execute(_RANK, (match, _CANDIDATES)))}
+        wanted = set(ranks)
+        titles = sorted(understanding.titles)
+        if titles:
+            marks = ",".join("?" * len(titles))
+            sql = f"SELECT n FROM documents WHERE title IN ({marks}) LIMIT {_PAGE_PASSAGES}"
+            wanted.update(n for (n,) in conn.execute(sql, titles))
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+        rows = conn.execute(f"{_ROW} WHERE n IN ({marks})", sorted(wanted)).fetchall()
+        passages = [(Passage.from_row(row, ranks.get(row[0])), row) for row in rows]
+        scored = sorted(((scorer.score(p), p, row) for p, row in passages), key=lambda t: -t[0])
+        answering = [(s, row) for s, p, row in scored if scorer.answers(s) and scorer.cohesive(p)]
+        if not answering:
+            return []
+        floor = NEAR_BEST * answering[0][0]
+        found = [(s, row) for s, row in answering if s >= floor][:limit]
+        return [_result(row, score, understanding) for score, row in found]
 
     async def count(self) -> int:
         row = await self._read(lambda c: c.execute("SELECT count(*) FROM documents").fetchone())
@@ -263,6 +296,10 @@ class EvidenceIndex:
                 _forget_older_ingests(conn)
                 for path in _expand(paths):
                     _ingest(conn, path, tally, progress)
+                if tally.added or not vocabulary.is_current(conn):
+                    vocabulary.rebuild(conn)
+                    with self._lock:
+                        self._vocabulary = None
                 if tally.added:
                     # Fold the WAL into the main file so it does not linger at its peak size.
                     # No FTS 'optimize': measured here, it grew the file and barely sped queries.
@@ -328,12 +365,6 @@ def _ingest(conn: sqlite3.Connection, path: Path, tally: _Tally, progress: Progr
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _ranked(conn: sqlite3.Connection, match: str, limit: int) -> list[tuple[Any, ...]]:
-    top = conn.execute(_RANK, (match, limit)).fetchall()
-    rows = [conn.execute(_FETCH, (match, n)).fetchone() for (n,) in top]
-    return [row for row in rows if row is not None]  # a build may delete in between
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:
@@ -444,11 +475,18 @@ def _year(value: object) -> int | None:
     return year if 0 < year < 10_000 else None
 
 
-def _source(
-    rid: str, title: str | None, url: str, text: str, year: int | None, snippet: str = ""
-) -> Source:
-    if not title:
-        flat = " ".join(text[: _TITLE_CHARS * 2].split())
-        title = flat if len(flat) <= _TITLE_CHARS else flat[:_TITLE_CHARS].rsplit(" ", 1)[0] + "…"
-    # Collapse newlines and tabs so a snippet is one clean line in a terminal.
-    return Source(rid, title, url, text, year, " ".join(snippet.split()))
+def _result(
+    row: Sequence[Any], score: float = 0.0, understanding: Understanding | None = None
+) -> SearchResult:
+    _, title, text, _, rid, url, year = row
+    derived = not title
+    return SearchResult(
+        source_id=rid,
+        title=derived_title(text) if derived else title,
+        url=url,
+        text=text,
+        year=year,
+        snippet=snippet(text, understanding),
+        title_derived=derived,
+        score=score,
+    )

@@ -15,18 +15,18 @@ from collections.abc import Iterator, Sequence
 from itertools import zip_longest
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from deepresearch.tools.base import Source
+from deepresearch.search.results import SearchResult
 
 _DOI_HOSTS = frozenset({"doi.org", "dx.doi.org", "www.doi.org"})
 
 
-def merge_results(batches: Sequence[Sequence[Source]], limit: int) -> list[Source]:
+def merge_results(batches: Sequence[Sequence[SearchResult]], limit: int) -> list[SearchResult]:
     """Interleave ``batches`` by rank (each backend's best first), without duplicates.
 
     A duplicate keeps the position of the copy seen first but the text of the
     longer one, so a full live abstract replaces a snippet-only copy in place.
     """
-    kept: list[Source] = []
+    kept: list[SearchResult] = []
     by_key: dict[str, int] = {}  # ids, DOIs, and pages of URL-identified sources -> slot
     by_page: dict[str, int] = {}  # every source's page -> slot: what a web result may join
     for source in _round_robin(batches):
@@ -49,7 +49,7 @@ def merge_results(batches: Sequence[Sequence[Source]], limit: int) -> list[Sourc
     return kept[: max(limit, 0)]
 
 
-def _identity(source: Source) -> tuple[set[str], set[str]]:
+def _identity(source: SearchResult) -> tuple[set[str], set[str]]:
     """``source``'s id and DOI keys, and its normalised page URLs."""
     ids, pages = {f"id:{source.source_id}"}, set()
     for value in (source.source_id, source.url):
@@ -97,6 +97,6 @@ def _is_web(value: str) -> bool:
     return value[:8].lower().startswith(("http://", "https://"))
 
 
-def _round_robin(batches: Sequence[Sequence[Source]]) -> Iterator[Source]:
+def _round_robin(batches: Sequence[Sequence[SearchResult]]) -> Iterator[SearchResult]:
     for rank in zip_longest(*batches):  # shorter batches pad with None
         yield from (source for source in rank if source is not None)

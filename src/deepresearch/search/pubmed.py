@@ -15,7 +15,7 @@ import httpx
 
 from deepresearch.errors import ToolFailure
 from deepresearch.search.ratelimit import RateLimiter, paced_get
-from deepresearch.tools.base import Source
+from deepresearch.search.results import SearchResult
 
 SNIPPET_CHARS = 300
 _YEAR = re.compile(r"\d{4}")
@@ -35,7 +35,7 @@ def abstract_snippet(abstract: str, limit: int = SNIPPET_CHARS) -> str:
 
 @dataclass(frozen=True)
 class PubMedArticle:
-    """One ``PubmedArticle`` of an efetch answer, with what ``Source`` has no room for."""
+    """One ``PubmedArticle`` of an efetch answer, with what ``SearchResult`` has no room for."""
 
     pmid: str
     title: str
@@ -44,8 +44,8 @@ class PubMedArticle:
     year: int | None
     doi: str | None
 
-    def to_source(self) -> Source:
-        return Source(
+    def to_source(self) -> SearchResult:
+        return SearchResult(
             source_id=f"pubmed:{self.pmid}",
             title=self.title,
             url=pubmed_url(self.pmid),
@@ -82,7 +82,7 @@ class PubMedSearch:
         if api_key:
             self._identity["api_key"] = api_key
 
-    async def search(self, query: str, limit: int) -> list[Source]:
+    async def search(self, query: str, limit: int) -> list[SearchResult]:
         if limit <= 0 or not query.strip():
             return []
         ranking = {"db": "pubmed", "term": query, "retmax": str(limit), "sort": "relevance"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from deepresearch.search.results import SearchResult
+
 
 @dataclass(frozen=True)
 class Source:
@@ -16,6 +18,13 @@ class Source:
     text: str  # the full text the tool saw
     year: int | None = None
     snippet: str = ""  # the part most relevant to the query, for display
+
+    @classmethod
+    def from_result(cls, result: SearchResult) -> Source:
+        """A search backend's result as a citable source (a derived title says so)."""
+        return cls(
+            result.source_id, result.title, result.url, result.text, result.year, result.snippet
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from deepresearch.errors import ToolFailure
 from deepresearch.search.merge import merge_results
+from deepresearch.search.results import SearchResult
 from deepresearch.tools.base import Source, ToolContext, ToolOutput
 
 RESULTS_PER_QUERY = 5
@@ -17,7 +18,7 @@ MAX_QUERIES = 5
 class SearchBackend(Protocol):
     name: str
 
-    async def search(self, query: str, limit: int) -> list[Source]: ...
+    async def search(self, query: str, limit: int) -> list[SearchResult]: ...
 
 
 SEARCH_PARAMETERS: dict[str, Any] = {
@@ -80,7 +81,8 @@ class SearchTool:
                 sections.append(f"A search for '{query}' found no results.")
                 continue
             lines = [f"A search for '{query}' found {len(results)} results:"]
-            for source in results:
+            for result in results:
+                source = Source.from_result(result)
                 number = context.citations.number(source)
                 year = f" ({source.year})" if source.year else ""
                 lines.append(
@@ -98,13 +100,13 @@ class SearchTool:
             sources=tuple(found),
         )
 
-    async def _search(self, query: str) -> tuple[list[Source], list[str]]:
+    async def _search(self, query: str) -> tuple[list[SearchResult], list[str]]:
         """Merged results of every backend, and the failures of those that failed."""
         outcomes = await asyncio.gather(
             *(backend.search(query, RESULTS_PER_QUERY) for backend in self._backends),
             return_exceptions=True,
         )
-        batches: list[list[Source]] = []
+        batches: list[list[SearchResult]] = []
         failures: list[str] = []
         for outcome in outcomes:
             if isinstance(outcome, ToolFailure):

@@ -15,6 +15,7 @@ import httpx
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError, ToolFailure
 from deepresearch.llm.base import CallContext, ChatModel, Message, StartOver
+from deepresearch.search.results import SearchResult
 from deepresearch.tools.base import Source, ToolContext, ToolOutput
 from deepresearch.tools.netguard import Resolver, system_resolver
 from deepresearch.tools.pages import fetch_page
@@ -65,7 +66,7 @@ _SNIPPET_CHARS = 300
 class IndexLookup(Protocol):
     """Where local corpus records are found by id (``EvidenceIndex`` is one)."""
 
-    async def get(self, source_id: str) -> Source | None: ...
+    async def get(self, source_id: str) -> SearchResult | None: ...
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class VisitTool:
             found = await self._index.get(target) if self._index is not None else None
             if found is None:
                 raise ToolFailure("not in the local index")
-            return found, ""
+            return Source.from_result(found), ""
         if "://" not in target:  # models often drop the scheme: "www.example.org/page"
             target = f"https://{target}"
         page = await fetch_page(
