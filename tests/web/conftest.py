@@ -34,6 +34,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
             DEEPRESEARCH_LLM_URL=sim.url,
             DEEPRESEARCH_CORPUS=str(corpus),
             DEEPRESEARCH_LLM_RETRIES="0",
+            DEEPRESEARCH_MAX_CONCURRENT="3",  # a fixed number of slots to fill
         ) as process,
     ):
         yield process
