@@ -65,6 +65,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from deepresearch.server import create_app
+    from deepresearch.server.limits import server_options
 
     settings = _settings(host=args.host, port=args.port)
     _configure_logging(settings)
@@ -78,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
+        **server_options(settings.header_timeout),
     )
     return 0
 

@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import re
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from deepresearch.config import Settings
 from deepresearch.errors import ClientError, Overloaded
 from deepresearch.llm.base import ChatModel
-from deepresearch.runtime.manager import SessionRequest, owner_of
+from deepresearch.runtime.manager import SessionRequest
+from deepresearch.server.auth import ANONYMOUS, Forbidden, KeyRing, Principal, load_keyring
+from deepresearch.server.limits import (
+    BodyLimit,
+    RateLimited,
+    RateLimiter,
+    parse_last_event_id,
+    read_json,
+)
+from deepresearch.server.openapi import (
+    CHAT_RESPONSES,
+    ERROR_RESPONSES,
+    chat_body,
+    complete_openapi,
+    event_stream,
+)
 from deepresearch.server.schemas import ChatRequest
+from deepresearch.server.security import add_browser_guards
 from deepresearch.server.sse import sse_bytes
 from deepresearch.services import Services, ToolsFactory, default_tools, open_services
 from deepresearch.sessions.records import SessionRecord, SessionStatus
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Sequence numbers and offsets fit SQLite's 64-bit integers with room to spare.
+MAX_OFFSET = 10**9
 
-router = APIRouter()
+audit = logging.getLogger("deepresearch.audit")
+
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 class _Unauthorized(Exception):
@@ -41,15 +59,38 @@ async def get_services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(get_services)]
 
 
-async def get_owner(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str | None:
-    """The caller's identity when client keys are on; 401 without a valid key."""
-    keys = svc.settings.api_keys
-    if not keys:
-        return None
+def identify(request: Request, authorization: str | None) -> Principal | None:
+    """The caller named by ``authorization``: ``ANONYMOUS`` with keys off, ``None``
+    for a missing or unknown key."""
+    keyring: KeyRing = request.app.state.keyring
+    if not keyring.enabled:
+        return ANONYMOUS
     scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or key not in keys:
+    if scheme.lower() != "bearer":
+        return None
+    return keyring.identify(key.strip())
+
+
+async def get_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """The caller; 401 without a valid key when keys are on, 429 past its rate."""
+    caller = identify(request, authorization)
+    if caller is None:
         raise _Unauthorized()
-    return owner_of(key)
+    if caller.owner is not None:
+        limiter: RateLimiter = request.app.state.rate_limiter
+        limiter.take(caller.name)
+    return caller
+
+
+Caller = Annotated[Principal, Depends(get_caller)]
+
+
+async def get_owner(caller: Caller) -> str | None:
+    """Whose sessions the caller may see: its own, or everyone's (``None``: an admin,
+    or keys off)."""
+    return caller.scope
 
 
 Owner = Annotated[str | None, Depends(get_owner)]
@@ -57,12 +98,7 @@ Owner = Annotated[str | None, Depends(get_owner)]
 
 async def parse_chat(request: Request, svc: Services) -> ChatRequest:
     """The body, validated; the question's length against the configured limit."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {exc}"}]
-        ) from exc
+    body = await read_json(request, svc.settings.max_json_depth)
     if not isinstance(body, dict):
         raise RequestValidationError([{"loc": ("body",), "msg": "the body must be a JSON object"}])
     try:
@@ -77,17 +113,19 @@ async def parse_chat(request: Request, svc: Services) -> ChatRequest:
     return chat
 
 
-async def start(request: Request, svc: Services, who: str | None) -> str:
+async def start(request: Request, svc: Services, caller: Principal) -> str:
     chat = await parse_chat(request, svc)
-    return await svc.manager.start(
+    session_id = await svc.manager.start(
         SessionRequest(
             question=chat.question,
             generation=chat.generation(),
             session_id=chat.session_id,
             on_disconnect=chat.on_disconnect,
-            owner=who,
+            owner=caller.owner,
         )
     )
+    audit.info("audit: %s (%s) started session %s", caller.name, caller.role, session_id)
+    return session_id
 
 
 def stream(svc: Services, session_id: str, after: int, deltas: bool) -> StreamingResponse:
@@ -102,17 +140,23 @@ def stream(svc: Services, session_id: str, after: int, deltas: bool) -> Streamin
 Deltas = Annotated[bool, Query(description="stream reasoning and answer text as deltas only")]
 
 
-@router.post("/chat/stream")
+@router.post(
+    "/chat/stream",
+    response_class=StreamingResponse,
+    openapi_extra=chat_body(),
+    responses=event_stream(),
+)
 async def chat_stream(
-    request: Request, svc: Svc, who: Owner, deltas: Deltas = False
+    request: Request, svc: Svc, caller: Caller, deltas: Deltas = False
 ) -> StreamingResponse:
-    session_id = await start(request, svc, who)
+    session_id = await start(request, svc, caller)
     return stream(svc, session_id, 0, deltas)
 
 
-@router.post("/chat")
-async def chat(request: Request, svc: Svc, who: Owner) -> Response:
-    session_id = await start(request, svc, who)
+@router.post("/chat", openapi_extra=chat_body(), responses=CHAT_RESPONSES)
+async def chat(request: Request, svc: Svc, caller: Caller) -> Response:
+    who = caller.scope
+    session_id = await start(request, svc, caller)
 
     async def drain() -> None:
         async for _ in svc.manager.follow(session_id):
@@ -144,23 +188,39 @@ async def _disconnected(request: Request) -> None:
 
 
 @router.get("/health")
-async def health(svc: Svc) -> dict[str, Any]:
+async def health(
+    request: Request, svc: Svc, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    """Status and counts for anyone; details (backends, reasons) for an admin key, or
+    for everyone when keys are off."""
     admission = svc.admission
-    return {
+    states = svc.model.states() if svc.model is not None else []
+    sandbox = svc.sandbox
+    answer: dict[str, Any] = {
         "status": "healthy",
         "agent_config_initialized": True,
         "active_sessions": admission.busy,
         "queued_sessions": admission.queued,
         "max_concurrent": admission.max_concurrent,
-        "max_queue": admission.max_queue,
         "lock_acquired": admission.saturated,
-        "mode": "offline" if svc.model is None else "llm",
-        "llm": {
-            "configured": svc.model is not None,
-            "backends": [vars(state) for state in svc.model.states()] if svc.model else [],
+        "llm": {"backends": len(states), "healthy": sum(1 for s in states if s.healthy)},
+        "index": {
+            "building": svc.index_state.building,
+            "documents": svc.index_state.documents,
         },
-        "index": svc.index_state.public(),
+        "code_execution": sandbox.available is True,
     }
+    caller = identify(request, authorization)
+    if caller is not None and caller.is_admin:
+        answer["max_queue"] = admission.max_queue
+        answer["mode"] = "offline" if svc.model is None else "llm"
+        answer["llm"] |= {
+            "configured": svc.model is not None,
+            "backends": [vars(state) for state in states],
+        }
+        answer["index"] = svc.index_state.public()
+        answer["code_execution_reason"] = sandbox.reason or None
+    return answer
 
 
 @router.get("/sessions")
@@ -168,7 +228,7 @@ async def sessions(
     svc: Svc,
     who: Owner,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: SessionStatus | None = None,
 ) -> dict[str, Any]:
     records, total = await svc.manager.list_sessions(
@@ -187,7 +247,9 @@ async def session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
     return _detail(await svc.manager.get(session_id, who))
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get(
+    "/sessions/{session_id}/events", response_class=StreamingResponse, responses=event_stream()
+)
 async def session_events(
     session_id: str,
     svc: Svc,
@@ -195,25 +257,22 @@ async def session_events(
     last_event_id: Annotated[str | None, Header()] = None,
     deltas: Deltas = False,
 ) -> StreamingResponse:
+    after = parse_last_event_id(last_event_id)
     await svc.manager.get(session_id, who)
-    after = 0
-    if last_event_id is not None:
-        if not re.fullmatch(r"[0-9]+", last_event_id.strip()):
-            raise RequestValidationError(
-                [{"loc": ("Last-Event-ID",), "msg": "must be an event sequence number"}]
-            )
-        after = int(last_event_id)
     return stream(svc, session_id, after, deltas)
 
 
 @router.delete("/sessions/{session_id}")
-async def cancel(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    record = await svc.manager.cancel(session_id, who, "cancelled by the client")
+async def cancel(session_id: str, svc: Svc, caller: Caller) -> dict[str, Any]:
+    record = await svc.manager.cancel(session_id, caller.scope, "cancelled by the client")
+    audit.info("audit: %s (%s) cancelled session %s", caller.name, caller.role, session_id)
     return _detail(record)
 
 
-@router.get("/metrics")
-async def metrics(svc: Svc, who: Owner) -> Response:
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(svc: Svc, caller: Caller) -> Response:
+    if not caller.is_admin:
+        raise Forbidden("the metrics are for admin keys")
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -243,15 +302,14 @@ def create_app(
             app.state.services = services
             yield
 
+    keyring = load_keyring(settings.api_keys, settings.keys_file)
     app = FastAPI(title="deepresearch", version="0.1.0", lifespan=lifespan)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["Retry-After"],
-        )
+    app.state.keyring = keyring
+    app.state.rate_limiter = RateLimiter(settings.rate_per_minute)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
+    )
+    add_browser_guards(app, settings, keyring.enabled)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -259,7 +317,8 @@ def create_app(
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        retry_after = exc.retry_after if isinstance(exc, Overloaded | RateLimited) else None
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if isinstance(exc, Overloaded):
             request.app.state.services.metrics.rejected.inc()
         return JSONResponse(
@@ -275,6 +334,7 @@ def create_app(
         )
 
     app.include_router(router)
+    complete_openapi(app, settings.max_question_chars)
     return app
 
 

@@ -173,6 +173,11 @@ class Sandbox:
         self._lock = asyncio.Lock()
         self.reason = ""  # why the check failed, for the operator's log
 
+    @property
+    def available(self) -> bool | None:
+        """Whether code can run here: ``None`` until ``check`` has run."""
+        return self._available
+
     async def check(self) -> bool:
         """Runs a trivial program the real way once; the answer is kept for this instance."""
         async with self._lock:
