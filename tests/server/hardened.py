@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from deepresearch.config import Settings
 from deepresearch.server import create_app
@@ -17,9 +18,15 @@ from tests.support import free_port
 
 @asynccontextmanager
 async def hardened_app(settings: Settings, **app_options: Any) -> AsyncIterator[str]:
+    async with serving(create_app(settings, **app_options), settings) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, **app_options),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -16,7 +16,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +68,16 @@ SELECT_COLUMNS = (
     f"{COLUMNS}, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = sessions.id)"
 )
 FINISHED_SQL = "status NOT IN ('queued', 'processing')"
+# Retention deletes this many sessions per transaction, so appends wait behind one
+# small transaction at a time, never behind the whole clean-up.
+PRUNE_BATCH = 200
+# The WAL is cut back to this size after each checkpoint (it grows unbounded otherwise
+# while a long read holds back a checkpoint, and a full disk needs the space back).
+WAL_LIMIT_BYTES = 4 * 2**20
+
+# A fault injected by tests, run inside each write transaction just before COMMIT
+# (``SqliteSessionStore.fault``): it raises to make the write fail as a full disk would.
+Fault = Callable[[], None]
 
 
 @dataclass
@@ -128,16 +138,26 @@ def _row(record: SessionRecord) -> tuple[Any, ...]:
     )
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Leave no transaction open, whatever failed: every later write would fail in it."""
+    if db.in_transaction:
+        with suppress(sqlite3.Error):  # SQLite may have rolled back itself (SQLITE_FULL)
+            db.execute("ROLLBACK")
+
+
 @contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """One explicit transaction (the connection is in autocommit mode otherwise)."""
+def _transaction(db: sqlite3.Connection, fault: Fault | None = None) -> Iterator[None]:
+    """One explicit transaction (the connection is in autocommit mode otherwise);
+    rolled back when anything in it fails, the ``COMMIT`` included."""
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        if fault is not None:
+            fault()
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
-    db.execute("COMMIT")
 
 
 def _write_one(db: sqlite3.Connection, write: _Write) -> None:
@@ -156,11 +176,13 @@ def _write_one(db: sqlite3.Connection, write: _Write) -> None:
         _apply_changes(db, write.session_id, write.changes)
 
 
-def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> list[Exception | None]:
+def _write_batch(
+    db: sqlite3.Connection, *, batch: Batch, fault: Fault | None = None
+) -> list[Exception | None]:
     """All writes in one transaction; if that fails, each in its own, so one
     caller's bad write fails that caller alone. Returns each write's failure."""
     try:
-        with _transaction(db):
+        with _transaction(db, fault):
             for write in batch:
                 _write_one(db, write)
         return [None] * len(batch)
@@ -169,12 +191,21 @@ def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> list[Exception | No
     failures: list[Exception | None] = []
     for write in batch:
         try:
-            with _transaction(db):
+            with _transaction(db, fault):
                 _write_one(db, write)
             failures.append(None)
         except sqlite3.Error as exc:
             failures.append(exc)
+    if any(failures):
+        _give_back_space(db)
     return failures
+
+
+def _give_back_space(db: sqlite3.Connection) -> None:
+    """After a failed write (a full disk, most likely): checkpoint and cut the WAL
+    back, so space the database no longer needs goes back to the filesystem."""
+    with suppress(sqlite3.Error):
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _change_columns(changes: SessionChanges) -> dict[str, Any]:
@@ -208,6 +239,7 @@ class SqliteSessionStore:
         self._pending: Batch = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
+        self.fault: Fault | None = None  # tests: make writes fail as a full disk would
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -217,6 +249,7 @@ class SqliteSessionStore:
         # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA busy_timeout = 5000")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         return db
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -299,7 +332,9 @@ class SqliteSessionStore:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    failures = await self._write(functools.partial(_write_batch, batch=batch))
+                    failures = await self._write(
+                        functools.partial(_write_batch, batch=batch, fault=self.fault)
+                    )
                 except Exception as exc:  # the writer thread itself failed
                     failures = [exc] * len(batch)
                 for write, failure in zip(batch, failures, strict=True):
@@ -316,27 +351,35 @@ class SqliteSessionStore:
         await self.append(session_id, (), changes)
 
     async def prune(self, *, older_than: datetime, keep: int) -> int:
+        """Delete old finished sessions, ``PRUNE_BATCH`` per transaction: between
+        batches the writer takes the waiting appends, so live sessions never wait
+        behind the whole clean-up."""
         cutoff = older_than.isoformat()
 
-        def delete(db: sqlite3.Connection) -> int:
-            with _transaction(db):
+        def delete_some(db: sqlite3.Connection) -> int:
+            with _transaction(db, self.fault):
                 doomed = [
                     row[0]
                     for row in db.execute(
                         f"SELECT id FROM sessions WHERE {FINISHED_SQL} AND (created_at < ? OR id "
                         f"NOT IN (SELECT id FROM sessions WHERE {FINISHED_SQL} "
-                        "ORDER BY created_at DESC LIMIT ?))",
-                        (cutoff, keep),
+                        "ORDER BY created_at DESC LIMIT ?)) LIMIT ?",
+                        (cutoff, keep, PRUNE_BATCH),
                     )
                 ]
-                for start in range(0, len(doomed), 500):
-                    chunk = doomed[start : start + 500]
-                    marks = ", ".join("?" * len(chunk))
-                    db.execute(f"DELETE FROM events WHERE session_id IN ({marks})", chunk)
-                    db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", chunk)
+                if doomed:
+                    marks = ", ".join("?" * len(doomed))
+                    db.execute(f"DELETE FROM events WHERE session_id IN ({marks})", doomed)
+                    db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", doomed)
                 return len(doomed)
 
-        return await self._write(delete)
+        removed = 0
+        while True:
+            count = await self._write(delete_some)
+            removed += count
+            if count < PRUNE_BATCH:
+                return removed
+            await asyncio.sleep(0)  # let the flusher's next batch in
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -387,11 +430,14 @@ class SqliteSessionStore:
 
         return await self._read(fetch)
 
-    async def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
+    async def events(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
         def fetch(db: sqlite3.Connection) -> list[StoredEvent]:
             rows = db.execute(
-                "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? ORDER BY seq",
-                (session_id, after),
+                "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (session_id, after, -1 if limit is None else limit),
             )
             return [StoredEvent(seq, type_, data) for seq, type_, data in rows]
 
