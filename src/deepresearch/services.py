@@ -240,7 +240,13 @@ async def open_services(
         stack.push_async_callback(store.close)
         index = EvidenceIndex(settings.index_path)
         stack.callback(index.close)
-        admission = Admission(Capacity.initial_slots(settings), settings.max_queue)
+        keyed = bool(settings.api_keys or settings.keys_file)  # quotas are per client key
+        admission = Admission(
+            Capacity.initial_slots(settings),
+            settings.max_queue,
+            max_running_per_key=settings.max_running_per_key if keyed else 0,
+            max_queued_per_key=settings.max_queued_per_key if keyed else 0,
+        )
         pool: BackendPool | None = None
         if model is None:
             model, pool = build_model(settings, client)

@@ -199,7 +199,7 @@ class SessionManager:
         session_id = request.session_id or str(uuid.uuid4())
         if session_id in self._live:
             raise SessionConflict(f"session {session_id} already exists")
-        ticket = self._admission.admit(session_id)
+        ticket = self._admission.admit(session_id, request.owner or "")
         record = SessionRecord(
             id=session_id,
             question=request.question,

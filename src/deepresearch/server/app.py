@@ -20,7 +20,6 @@ from deepresearch.runtime.manager import SessionRequest
 from deepresearch.server.auth import ANONYMOUS, Forbidden, KeyRing, Principal, load_keyring
 from deepresearch.server.limits import (
     BodyLimit,
-    RateLimited,
     RateLimiter,
     parse_last_event_id,
     read_json,
@@ -317,7 +316,7 @@ def create_app(
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        retry_after = exc.retry_after if isinstance(exc, Overloaded | RateLimited) else None
+        retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if isinstance(exc, Overloaded):
             request.app.state.services.metrics.rejected.inc()
