@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from deepresearch.agent.citations import cite
-from deepresearch.agent.dialects import Dialect, dialect_for
+from deepresearch.agent.dialects import Dialect, dialect_for, safe_markdown
 from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_far, reasoning
 from deepresearch.agent.prompt import FINAL_CALL
 from deepresearch.agent.tooling import ToolRunner
@@ -116,7 +116,7 @@ class ReactAgent:
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
                     yield FinalAnswerChunk(session_id=sid, content=parsed.text)
-                cited = cite(parsed.text, self._context.citations)
+                cited = cite(safe_markdown(parsed.text), self._context.citations)
                 yield FinalAnswer(
                     session_id=sid,
                     content=cited.data.answer,
