@@ -59,11 +59,24 @@ def chat_body() -> dict[str, Any]:
     }
 
 
+# One server-sent event: ``id`` its sequence number, ``data`` the event's JSON
+# (contract section 3); comments (heartbeats) are not events.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["data"],
+}
+
+
 def event_stream() -> dict[int | str, dict[str, Any]]:
     return {
         200: {
             "description": "the session's events as server-sent events",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         }
     }
 
