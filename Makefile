@@ -4,9 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test check lint types bench clean
+# Debian packages: bubblewrap is the PythonInterpreter sandbox (without it no model code runs).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 
-install: $(STAMP)
+.PHONY: install system-packages serve test check lint types bench clean
+
+install: system-packages $(STAMP)
+
+system-packages:
+	@command -v bwrap >/dev/null 2>&1 || $(SUDO) apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q bubblewrap >/dev/null) \
+		|| echo "warning: could not install bubblewrap; PythonInterpreter will be unavailable" >&2
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

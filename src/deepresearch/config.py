@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     uploads_dir: Path | None = None  # parse_file reads only here; default DATA_DIR/uploads
     python_timeout: float = Field(default=30.0, gt=0)
     python_memory_mb: int = Field(default=512, ge=64)
+    # A server not running as root would run code as its own user: refused unless set.
+    python_same_user: bool = False
     visit_timeout: float = Field(default=20.0, gt=0)
     visit_max_bytes: int = Field(default=5_000_000, ge=1000)
 

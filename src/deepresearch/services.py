@@ -270,7 +270,7 @@ async def open_services(
             pool=pool,
             capacity=capacity,
             page_client=page_client,
-            sandbox=unprivileged_sandbox(),
+            sandbox=unprivileged_sandbox(allow_same_user=settings.python_same_user),
         )
         if services.sandbox.scratch_root is not None:
             stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
