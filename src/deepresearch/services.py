@@ -114,7 +114,9 @@ def default_tools(services: Services) -> dict[str, Tool]:
                 memory_mb=settings.python_memory_mb,
             ),
         ),
-        "parse_file": ParseFileTool(settings.uploads_path),
+        "parse_file": ParseFileTool(
+            settings.uploads_path, owner_of=services.manager.owner_of_session
+        ),
     }
     return tools
 

@@ -184,6 +184,11 @@ class SessionManager:
 
     # -- starting, following, cancelling ----------------------------------------------------
 
+    def owner_of_session(self, session_id: str) -> str | None:
+        """The key owner of a running session (its tools act for that key alone)."""
+        live = self._live.get(session_id)
+        return live.record.owner if live is not None else None
+
     @property
     def store(self) -> SessionStore:
         return self._store
