@@ -35,7 +35,7 @@ async def test_a_docx_that_expands_too_far_is_refused_unparsed(tmp_path: Path) -
 async def test_a_parse_past_its_memory_or_time_is_this_files_error(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_text("word " * 2_000_000)
     greedy = ParseFileTool(tmp_path, max_chars=5_000_000, limits=ParseLimits(memory_mb=40))
-    with pytest.raises(ToolFailure, match="big.txt could not be parsed"):
+    with pytest.raises(ToolFailure, match=r"big\.txt could not be parsed"):
         await parse(greedy, "big.txt")
     slow = ParseFileTool(tmp_path, limits=ParseLimits(wall_seconds=0.001))
     with pytest.raises(ToolFailure, match="took longer than"):
