@@ -115,7 +115,7 @@ class ReactAgent:
             if isinstance(parsed, Answer):
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
-                    yield FinalAnswerChunk(session_id=sid, content=parsed.text)
+                    yield FinalAnswerChunk(session_id=sid, content=safe_markdown(parsed.text))
                 cited = cite(safe_markdown(parsed.text), self._context.citations)
                 yield FinalAnswer(
                     session_id=sid,
@@ -243,4 +243,4 @@ class ReactAgent:
             answer = answer_so_far(reply.text)
             if answer is not None and answer != reply.shown_answer:
                 reply.shown_answer = answer
-                yield FinalAnswerChunk(session_id=sid, content=answer)
+                yield FinalAnswerChunk(session_id=sid, content=safe_markdown(answer))
