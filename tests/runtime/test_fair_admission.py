@@ -63,9 +63,13 @@ KEYS = st.sampled_from(["", "ann", "bob", "cat"])
 
 
 class AdmissionMachine(RuleBasedStateMachine):
+    running_quota = 0
+
     def __init__(self) -> None:
         super().__init__()
-        self.admission = Admission(max_concurrent=2, max_queue=8, max_running_per_key=0)
+        self.admission = Admission(
+            max_concurrent=2, max_queue=8, max_running_per_key=self.running_quota
+        )
         self.tickets: list[Ticket] = []
         self.count = 0
 
@@ -98,8 +102,12 @@ class AdmissionMachine(RuleBasedStateMachine):
                 key: self.admission.running_for(key) for key in {t.key for t in waiting_before}
             }
             chosen_running = running_now[chosen.key] - 1  # before it took the slot
+            quota = self.running_quota or 10**9
+            assert chosen_running < quota
             assert all(
-                running_now[t.key] >= chosen_running for t in waiting_before if t is not chosen
+                running_now[t.key] >= chosen_running
+                for t in waiting_before
+                if t is not chosen and running_now[t.key] < quota
             )
             # FIFO within the key.
             assert all(
@@ -134,7 +142,10 @@ class AdmissionMachine(RuleBasedStateMachine):
     @invariant()
     def no_slot_is_idle_while_someone_waits(self) -> None:
         if self.admission.busy < self.admission.max_concurrent:
-            assert self.admission.queued == 0
+            # Only sessions held back by their key's running quota may wait.
+            quota = self.running_quota
+            for ticket in self.live("waiting"):
+                assert quota and self.admission.running_for(ticket.key) >= quota
 
     @invariant()
     def positions_are_the_grant_order(self) -> None:
@@ -146,10 +157,17 @@ class AdmissionMachine(RuleBasedStateMachine):
             assert [t.arrival for t in mine] == sorted(t.arrival for t in mine)
 
 
-AdmissionMachine.TestCase.settings = settings(
+class QuotaAdmissionMachine(AdmissionMachine):
+    running_quota = 1
+
+
+MACHINE_SETTINGS = settings(
     max_examples=150,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+AdmissionMachine.TestCase.settings = MACHINE_SETTINGS
+QuotaAdmissionMachine.TestCase.settings = MACHINE_SETTINGS
 test_admission_state_machine = AdmissionMachine.TestCase
+test_admission_state_machine_with_a_running_quota = QuotaAdmissionMachine.TestCase

@@ -147,3 +147,26 @@ def test_keys_are_found_whichever_way_they_are_given(tmp_path: Path) -> None:
     user = ring.identify("variable-key-1")
     assert user is not None and user.role == "user" and user.scope == user.owner
     assert ring.identify("ann-secret-ke") is None and ring.identify("") is None
+
+
+async def test_a_key_past_its_queue_quota_gets_429_others_still_queue(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        keys_file=keys_file(tmp_path), max_concurrent=1, max_queue=10, max_queued_per_key=1
+    )
+    async with hardened_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        hang = {"question": "tok-hold [sim:hang]", "on_disconnect": "continue"}
+        running = await collect(client, "POST", "/chat/stream", json=hang, headers=ANN, limit=2)
+        waiting = await collect(client, "POST", "/chat/stream", json=hang, headers=ANN, limit=2)
+        assert running.types == ["session_start", "init"]
+        assert waiting.types == ["session_start", "queued"]
+        refused = await client.post("/chat/stream", json=hang, headers=ANN)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        bobs = await collect(client, "POST", "/chat/stream", json=hang, headers=BOB, limit=2)
+        assert bobs.types == ["session_start", "queued"]
+        # Bob has nothing running: his session is next, ahead of Ann's second.
+        assert bobs.events[1].data["position"] == 1
+        for stream in (running, waiting, bobs):
+            sid = stream.events[0].data["session_id"]
+            assert (await client.delete(f"/sessions/{sid}", headers=OPS)).status_code == 200
