@@ -8,10 +8,10 @@ It starts two LLM simulators and one ``deepresearch serve`` (both backends confi
 a temporary data dir, the three-record bench corpus). Backend B is killed and restarted
 on the same port every ``--flap-seconds`` (down for a third of that). ``--clients``
 loops each start a session (``POST /chat/stream``, a few rounds at a few ms a piece) and
-then, at random: read it to the end (60 %), disconnect part-way and come back later with
-``Last-Event-ID`` (10 %, ``on_disconnect=continue``), disconnect for good (10 %, the
-``grace`` policy then cancels it), or ``DELETE`` it part-way and follow it to its
-``cancelled`` (15 %); each waits 0.5-2 s between sessions. Every 10 s it samples
+then, at random: read it to the end (60 %), disconnect after the first event and come
+back with ``Last-Event-ID`` (15 %, ``on_disconnect=continue``), disconnect for good (10 %,
+the ``grace`` policy then cancels it), or disconnect, ``DELETE`` it and follow it to its
+end (15 %); each waits 0.5-2 s between sessions. Every 10 s it samples
 the server's RSS and open file descriptors. At the end it stops the load, waits for
 the drain and checks: slots busy and queue length 0, every started session in the
 store and finished (none ``queued``/``processing``), every stream read to its end
