@@ -174,3 +174,23 @@ async def test_the_schema_documents_bodies_and_errors(make_settings: MakeSetting
         events = schema["paths"]["/sessions/{session_id}/events"]["get"]
         assert "text/event-stream" in events["responses"]["200"]["content"]
         assert {"404", "422"} <= set(events["responses"])
+
+
+async def test_endless_headers_are_cut_off(make_settings: MakeSettings) -> None:
+    async with hardened_app(make_settings()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(url).port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
+        cut_off = False
+        try:
+            for _ in range(256):  # 16 MB of one header, which uvicorn alone would take
+                writer.write(b"a" * 65536)
+                await writer.drain()
+            writer.write(b"\r\n\r\n")
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.read(), timeout=10)
+            cut_off = reply == b"" or reply.startswith(b"HTTP/1.1 431")
+        except ConnectionError:
+            cut_off = True
+        finally:
+            writer.close()
+        assert cut_off

@@ -120,15 +120,28 @@ class BodyLimit:
         await self.app(scope, bounded_receive, send)
 
 
-def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
+MAX_HEADER_BYTES = 65_536
+_TOO_LARGE_BODY = b'{"error": "the request headers are too large"}'
+TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE_BODY)
+) + _TOO_LARGE_BODY
+
+
+def header_deadline_protocol(
+    seconds: float, max_bytes: int = MAX_HEADER_BYTES
+) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol, closing a connection whose next request's headers have
-    not all arrived ``seconds`` after it opened or after its last response."""
+    not all arrived ``seconds`` after it opened or after its last response, or that
+    sends more than ``max_bytes`` of them (httptools itself sets no limit)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:  # httptools missing: the pure-Python parser
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
 
     class HeaderDeadline(Base):
+        _header_bytes = 0  # of the next request's head, so far
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
@@ -137,8 +150,26 @@ def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
             super().on_response_complete()
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:
+                self._header_bytes = 0  # a request's headers are complete
+            elif self._awaiting_headers():
+                self._header_bytes += len(data)
+                if self._header_bytes > max_bytes and not self.transport.is_closing():
+                    self.transport.write(TOO_LARGE)
+                    self.transport.close()
+
+        def _awaiting_headers(self) -> bool:
+            """No request in progress: what arrives now is the next request's head (the
+            rest of a body the response did not wait for is not)."""
+            cycle = self.cycle
+            return cycle is None or (cycle.response_complete and not cycle.more_body)
+
         def _arm(self) -> None:
             waiting_after = self.cycle  # a new request replaces it once its headers are in
+            self._header_bytes = 0
 
             def late() -> None:
                 if self.cycle is waiting_after and not self.transport.is_closing():
