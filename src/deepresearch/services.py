@@ -276,7 +276,9 @@ async def open_services(
         )
         if services.sandbox.scratch_root is not None:
             stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
-        if not await services.sandbox.check():
+        if await services.sandbox.check():
+            log.info("PythonInterpreter available: %s", services.sandbox.describe())
+        else:
             log.warning("PythonInterpreter disabled: no sandbox here (%s)", services.sandbox.reason)
         services.search_backends = await choose_search_backends(
             settings, index, services.index_state, client

@@ -150,7 +150,7 @@ class ParseFileTool:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _SOURCE},
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             start_new_session=True,
         )  # fmt: skip
         try:
@@ -198,10 +198,6 @@ class ParseFileTool:
         if path.stat().st_size > self._max_bytes:
             raise ToolFailure(f"{name} is larger than {self._max_bytes} bytes")
         return path, path.relative_to(root).as_posix()
-
-
-# The child imports this module from the same source tree as the server.
-_SOURCE = str(Path(__file__).resolve().parents[2])
 
 
 def parse_here(path: str, limit: int, unzipped_mb: int) -> str:

@@ -169,6 +169,10 @@ class Sandbox:
         """Whether code can run here: ``None`` until ``check`` has run."""
         return self._available
 
+    def describe(self) -> str:
+        who = "the server's own user" if self._run_as is None else f"uid {self._run_as[0]}"
+        return f"code runs in a bubblewrap sandbox as {who}"
+
     async def check(self) -> bool:
         """Runs a trivial program the real way once; the answer is kept for this instance."""
         async with self._lock:
