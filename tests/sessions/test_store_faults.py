@@ -94,3 +94,31 @@ async def test_retention_prunes_in_batches_and_reads_page(tmp_path: Path) -> Non
         assert [e.seq for e in page] == [11, 12, 13, 14, 15]
     finally:
         await store.close()
+
+
+async def test_a_restart_on_a_full_disk_starts_and_settles_later(tmp_path: Path) -> None:
+    from deepresearch.config import Settings
+    from deepresearch.runtime.admission import Admission
+    from deepresearch.runtime.manager import SessionManager
+    from deepresearch.runtime.metrics import Metrics
+
+    store = SqliteSessionStore(tmp_path / "s.sqlite")
+    await store.open()
+    await store.create(record(1, "processing"))
+    store.fault = disk_full
+    admission = Admission(1, 1)
+    settings = Settings(data_dir=tmp_path, corpus=[], search=["local"])
+    manager = SessionManager(settings, store, admission, Metrics(admission, list), None)  # type: ignore[arg-type]
+    try:
+        await manager.open()  # does not raise
+        seen = await manager.get("session-00001", None)
+        assert seen.status == "failed" and "interrupted" in (seen.error or "")
+        stored = await store.get("session-00001")
+        assert stored is not None and stored.status == "processing"  # not yet written
+        store.fault = None
+        await manager.settle()
+        stored = await store.get("session-00001")
+        assert stored is not None and stored.status == "failed" and stored.last_seq == 1
+    finally:
+        await manager.close()
+        await store.close()

@@ -148,9 +148,17 @@ class SessionManager:
             )
             stored = StoredEvent(record.last_seq + 1, event.type, event.model_dump_json())
             changes = SessionChanges(status="failed", ended_at=utc_now(), error=event.content)
-            await self._store.append(record.id, [stored], changes)
+            try:
+                await self._store.append(record.id, [stored], changes)
+            except Exception as exc:  # a full disk must not keep the server from starting
+                log.error("[session %s] could not mark it failed: %s", record.id[:8], exc)
+                self._unsettle(record.id, stored, changes)
+                continue
             log.warning("[session %s] interrupted by a restart: marked failed", record.id[:8])
-        await self._prune()
+        try:
+            await self._prune()
+        except Exception:
+            log.exception("retention: pruning failed")
         self._pruner = asyncio.create_task(self._prune_forever())
 
     async def close(self) -> None:
