@@ -194,3 +194,20 @@ async def test_endless_headers_are_cut_off(make_settings: MakeSettings) -> None:
         finally:
             writer.close()
         assert cut_off
+
+
+async def test_backend_errors_never_carry_the_backends_credentials() -> None:
+    from deepresearch.errors import BackendError
+    from deepresearch.llm.openai import OpenAICompatibleModel
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, request=request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+        model = OpenAICompatibleModel(client, "http://someone:s3cret@backend.example/v1")
+        try:
+            await model.model_name()
+        except BackendError as exc:
+            message = str(exc)
+        assert "404" in message and "s3cret" not in message and "someone" not in message
+        assert "s3cret" not in str(model.states())
