@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -53,17 +52,13 @@ async def test_empty_code_is_a_tool_failure() -> None:
 
 
 async def test_an_endless_loop_is_killed_within_the_wall_limit() -> None:
-    started = time.monotonic()
     text = await run("while True:\n    pass")
-    assert time.monotonic() - started < QUICK.wall_seconds + 1
     assert "[killed: CPU time limit of 1 s reached]" in text
 
 
 async def test_sleeping_past_the_wall_limit_times_out_and_keeps_earlier_output() -> None:
     limits = SandboxLimits(wall_seconds=1)
-    started = time.monotonic()
     text = await run("import time\nprint('before', flush=True)\ntime.sleep(60)", limits)
-    assert time.monotonic() - started < 2
     assert text == "stdout:\nbefore\n[timed out after 1 s]"
 
 
@@ -113,9 +108,10 @@ async def test_long_output_is_truncated() -> None:
 
 
 async def test_a_print_bomb_is_stopped() -> None:
-    started = time.monotonic()
-    text = await run("while True:\n    print('y' * 100_000)")
-    assert time.monotonic() - started < 2
+    # A wall limit it cannot reach: the flood is what stops it, not the clock.
+    limits = SandboxLimits(cpu_seconds=30, wall_seconds=60, max_output_chars=1000)
+    text = await run("while True:\n    print('y' * 100_000)", limits)
+    assert "timed out" not in text
     assert "[output truncated" in text
     assert "[stopped for printing too much]" in text
 
@@ -148,20 +144,17 @@ async def test_processes_left_behind_are_killed_with_the_run() -> None:
         "    time.sleep(60)\n"
         "print('parent done')\n"
     )
-    started = time.monotonic()
-    text = await run(code)
-    assert time.monotonic() - started < 2
+    text = await run(code)  # had it waited for the grandchild, it would say "timed out"
     assert text == "stdout:\nparent done"
 
 
 async def test_a_cancelled_call_returns_promptly_and_cleans_up() -> None:
     task = asyncio.create_task(run("import time\ntime.sleep(60)"))
     await asyncio.sleep(0.5)
-    started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - started < 1
+        # Had the child been left to run, this would wait for its 60 s sleep.
+        await asyncio.wait_for(task, timeout=10)
 
 
 async def test_without_bubblewrap_or_python_no_code_runs(tmp_path: Path) -> None:

@@ -120,7 +120,11 @@ class _Capture:
             if room > 0:
                 self.kept += chunk[:room]
             if self.seen > self.cap + FLOOD_BYTES:
-                self.on_flood()  # a print bomb: reading on would only burn our CPU
+                self.on_flood()  # a print bomb: stop the sandbox
+                # Read what is left to the end: a pipe nobody reads is never seen to
+                # close, and the run would then wait for its wall limit.
+                while await stream.read(CHUNK):
+                    pass
                 return
 
     def text(self, max_chars: int) -> tuple[str, bool]:
