@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 import anyio.to_thread
 
 from deepresearch.agent.citations import cite
+from deepresearch.agent.dialects import safe_markdown
 from deepresearch.agent.parsing import ToolCall
 from deepresearch.agent.ranking import Candidate, Question, select
 from deepresearch.agent.tooling import ToolRunner
@@ -90,7 +91,7 @@ class EvidenceDigestAgent:
                 session_id=sid, content="no relevant evidence was found for the question"
             )
             return
-        cited = cite(digest, self._context.citations)
+        cited = cite(safe_markdown(digest), self._context.citations)
         yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
         yield FinalAnswer(session_id=sid, content=cited.data.answer, answer_data=cited.data)
         yield Completed(session_id=sid, content="evidence digest complete")
