@@ -7,9 +7,11 @@ DeepResearchError
 │   ├── SessionNotFound     404
 │   └── SessionConflict     409: that session id is taken
 ├── ToolFailure             the model: fed back as a tool error, the loop goes on
-└── SessionFailure          the runtime: ends one session, never another
-    ├── BackendError        the LLM backend failed after its retries
-    └── BudgetExceeded      the run's wall-clock limit was reached
+├── SessionFailure          the runtime: ends one session, never another
+│   ├── BackendError        the LLM backend failed after its retries
+│   └── BudgetExceeded      the run's wall-clock limit was reached
+└── LeaseLost               the runtime: another worker runs the session now; stop, write nothing
+    └── StaleAppend         the event log already holds that sequence number
 """
 
 from __future__ import annotations
@@ -62,3 +64,13 @@ class BackendError(SessionFailure):
 
 class BudgetExceeded(SessionFailure):
     """The session ran past its wall-clock limit."""
+
+
+class LeaseLost(DeepResearchError):
+    """This process no longer holds the session's lease: another worker has taken it
+    over, so this one must stop without writing anything more."""
+
+
+class StaleAppend(LeaseLost):
+    """An append whose first sequence number is not after the log's last one: another
+    writer got there first (refused whole; nothing was written)."""

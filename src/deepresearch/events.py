@@ -74,6 +74,13 @@ class ToolError(BaseEvent):
     tool_name: str
 
 
+class AnswerGeneration(BaseEvent):
+    """Sent once, just before the first ``final_answer_chunk``: the answer is being
+    written. The note's front ends open the answer's own card on it."""
+
+    type: Literal["answer_generation"] = "answer_generation"
+
+
 class FinalAnswerChunk(BaseEvent):
     """``content`` is the answer so far; ``delta`` the part new since the last one sent."""
 
@@ -135,6 +142,7 @@ Event = Annotated[
     | ToolCallStart
     | ToolResult
     | ToolError
+    | AnswerGeneration
     | FinalAnswerChunk
     | FinalAnswer
     | Completed

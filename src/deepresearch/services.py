@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
+from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
 from deepresearch.llm.pool import BackendPool
@@ -256,10 +257,13 @@ async def open_services(
         metrics = Metrics(admission, model.states if model is not None else list)
         services: Services
 
-        def make_agent(session_id: str, config: AgentTemplate) -> Agent:
+        def make_agent(
+            session_id: str, config: AgentTemplate, *, history: tuple[Exchange, ...] = ()
+        ) -> Agent:
             if services.model is None:
+                # No model reads context: the digest answers each question on its own.
                 return EvidenceDigestAgent(session_id, services.tools)
-            return ReactAgent(session_id, services.model, services.tools, config)
+            return ReactAgent(session_id, services.model, services.tools, config, history=history)
 
         manager = SessionManager(settings, store, admission, metrics, make_agent)
         services = Services(

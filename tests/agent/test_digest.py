@@ -167,6 +167,7 @@ async def test_events_have_the_agent_shape_and_one_search_with_every_variant(
         "thinking",
         "tool_call_start",
         "tool_result",
+        "answer_generation",
         "final_answer_chunk",
         "final_answer",
         "completed",

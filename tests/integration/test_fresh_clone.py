@@ -59,6 +59,9 @@ def test_make_serve_from_a_fresh_clone_answers_a_question(tmp_path: Path) -> Non
         assert answer["status"] == "completed"
         assert answer["citations"] and re.search(r"\[\d+\]", answer["answer"])
         assert (clone / ".deepresearch" / "sessions.sqlite").exists()
+        page = httpx.get(f"{url}/")
+        assert page.status_code == 200 and "/static/app.js" in page.text
+        assert httpx.get(f"{url}/static/app.js").status_code == 200
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -40,12 +40,15 @@ def test_preemptions_back_it_off_and_end_the_slow_start() -> None:
     assert control.observe(busy(vllm(preemptions=12))) == 26
 
 
-def test_a_growing_waiting_queue_backs_it_off_but_a_blip_does_not() -> None:
+def test_a_queue_for_memory_backs_it_off_but_a_blip_or_a_prefill_burst_does_not() -> None:
     control = AdaptiveLimit(LimitBounds(initial=10))
     control.slow_start = False
-    assert control.observe(busy(vllm(waiting=5))) == 10  # one long reading: hold, no growth
-    assert control.observe(busy(vllm(waiting=6))) == 7  # it stayed long: back off
+    assert control.observe(busy(vllm(waiting=5, kv=0.85))) == 10  # one long reading: hold
+    assert control.observe(busy(vllm(waiting=6, kv=0.85))) == 7  # it stayed long: back off
     assert control.observe(busy(vllm(waiting=0))) == 8
+    # A queue behind a burst of prefills, with the cache far from full, drains by itself.
+    assert control.observe(busy(vllm(waiting=20, kv=0.3))) == 9
+    assert control.observe(busy(vllm(waiting=20, kv=0.3))) == 10
 
 
 def test_a_full_kv_cache_stops_growth_without_backing_off() -> None:
@@ -101,3 +104,36 @@ async def test_a_cancelled_waiter_leaves_no_permit_behind() -> None:
     await asyncio.gather(waiter, return_exceptions=True)
     gate.release()
     assert gate.in_flight == 0 and gate.waiting == 0
+
+
+def hits(queries: float, hit: float) -> BackendSignals:
+    return BackendSignals(0, 0, 0.3, 0, queries, hit)
+
+
+def test_prefix_cache_thrash_backs_it_off() -> None:
+    control = AdaptiveLimit(LimitBounds(initial=8))
+    control.slow_start = False
+    control.observe(busy(hits(0, 0)))  # 9: the first reading only sets the counters
+    assert control.observe(busy(hits(10_000, 8_000))) == 10  # 80% of prompt tokens cached
+    assert control.observe(busy(hits(11_000, 8_800))) == 11  # too few lookups to judge
+    assert control.observe(busy(hits(20_000, 15_000))) == 12  # 70% since the last judgement
+    assert control.observe(busy(hits(30_000, 18_000))) == 9  # 30%: they evict each other
+
+
+async def test_the_oldest_sessions_calls_go_first_when_the_gate_is_full() -> None:
+    gate = CallLimiter(1)
+    await gate.acquire()
+    order: list[str] = []
+
+    async def call(name: str, age: float) -> None:
+        async with gate.held(age):
+            order.append(name)
+
+    waiting = [
+        asyncio.create_task(call(name, age))
+        for name, age in (("young", 9.0), ("old", 1.0), ("middle", 5.0), ("old again", 1.0))
+    ]
+    await asyncio.sleep(0)
+    gate.release()
+    await asyncio.gather(*waiting)
+    assert order == ["old", "old again", "middle", "young"]

@@ -64,11 +64,15 @@ async def test_bad_query_and_header_values_are_refused(make_settings: MakeSettin
         assert response.status_code == 422 and "Last-Event-ID" in response.json()["fields"]
 
 
-async def test_reusing_a_session_id_is_a_conflict(make_settings: MakeSettings) -> None:
+async def test_reusing_a_finished_session_id_asks_a_follow_up(make_settings: MakeSettings) -> None:
     async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
         body = {"question": "tok-one", "session_id": "my-session-0001"}
         first = await client.post("/chat", json=body)
         assert first.status_code == 200 and first.json()["session_id"] == "my-session-0001"
         again = await client.post("/chat", json=body)
-        assert again.status_code == 409
-        assert (await client.get("/sessions")).json()["total"] == 1
+        assert again.status_code == 200
+        follow_up = again.json()["session_id"]
+        assert follow_up != "my-session-0001"
+        detail = (await client.get(f"/sessions/{follow_up}")).json()
+        assert (detail["conversation_id"], detail["turn"]) == ("my-session-0001", 2)
+        assert (await client.get("/sessions")).json()["total"] == 2

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from deepresearch.errors import BackendError, ToolFailure
+from deepresearch.llm.pool import BackendPool
 from deepresearch.tools.base import Source, ToolContext
 from deepresearch.tools.visit import VisitTool, parse_extraction
 from tests.support import ScriptedModel
@@ -436,3 +437,33 @@ async def test_the_size_cap_holds_inside_decompression() -> None:
 
     small = httpx.Response(200, headers=headers, stream=GzipStream(b"<p>hello</p>"))
     assert await _read_capped(small, 100_000) == (b"<p>hello</p>", False)
+
+
+async def test_five_pages_under_a_backend_limit_of_two_never_have_more_than_two_calls() -> None:
+    in_flight, most = 0, 0
+    release = asyncio.Event()
+
+    class Reader(ScriptedModel):
+        async def stream(self, *args: Any, **kwargs: Any) -> AsyncGenerator[str, None]:
+            nonlocal in_flight, most
+            self.contexts.append(kwargs["call"])
+            in_flight += 1
+            most = max(most, in_flight)
+            await release.wait()
+            in_flight -= 1
+            yield '{"evidence": "e", "summary": "s"}'
+
+    reader = Reader([])
+    pool = BackendPool([reader], limit=2)
+    urls = [f"http://public.example/{n}" for n in range(5)]
+    site = Site({url: page() for url in urls})
+    call = asyncio.create_task(visit(make_tool(site, model=pool), *urls))
+    for _ in range(10_000):  # loop turns: every page is fetched, then waits to be read
+        if pool.backends[0].limiter.waiting == 3:
+            break
+        await asyncio.sleep(0)
+    assert pool.backends[0].limiter.waiting == 3 and pool.backends[0].limiter.in_flight == 2
+    release.set()
+    output = await call
+    assert most == 2 and len(output.sources) == 5
+    assert {(c.session_id, c.purpose) for c in reader.contexts} == {("s", "summary")}

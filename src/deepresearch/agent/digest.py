@@ -19,6 +19,7 @@ from deepresearch.agent.parsing import ToolCall
 from deepresearch.agent.ranking import Candidate, Question, select
 from deepresearch.agent.tooling import ToolRunner
 from deepresearch.events import (
+    AnswerGeneration,
     Completed,
     Event,
     FinalAnswer,
@@ -92,6 +93,7 @@ class EvidenceDigestAgent:
             )
             return
         cited = cite(safe_markdown(digest), self._context.citations)
+        yield AnswerGeneration(session_id=sid, content="writing the digest")
         yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
         yield FinalAnswer(session_id=sid, content=cited.data.answer, answer_data=cited.data)
         yield Completed(session_id=sid, content="evidence digest complete")

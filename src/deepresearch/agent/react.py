@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from deepresearch.agent.citations import cite
+from deepresearch.agent.conversation import Exchange, framed_question
 from deepresearch.agent.dialects import Dialect, dialect_for, safe_markdown
 from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_far, reasoning
 from deepresearch.agent.prompt import FINAL_CALL
 from deepresearch.agent.tooling import ToolRunner
 from deepresearch.config import AgentTemplate, GenerationSettings
 from deepresearch.events import (
+    AnswerGeneration,
     Completed,
     Event,
     FinalAnswer,
@@ -53,6 +55,7 @@ NUDGE = (
     "answer inside <answer></answer>."
 )
 TRIMMED = "[this tool response was removed to fit the context; its sources stay citable]"
+ANSWER_GENERATION = "writing the answer"
 TRIMMED_THOUGHT = "<think>[reasoning removed to fit the context]</think>"
 
 
@@ -80,8 +83,11 @@ class ReactAgent:
         tools: Mapping[str, Tool],
         config: AgentTemplate,
         today: date | None = None,
+        history: tuple[Exchange, ...] = (),
     ) -> None:
         self.session_id = session_id
+        self._history = history  # the conversation's earlier turns
+        self._answer_announced = False  # answer_generation is sent once
         self._model = model
         self._tools = ToolRunner(session_id, tools)
         self._config = config
@@ -96,7 +102,10 @@ class ReactAgent:
         dialect = self._dialect
         messages: list[Message] = [
             {"role": "system", "content": dialect.system_prompt(self._tools.tools, self._today)},
-            {"role": "user", "content": question},
+            {
+                "role": "user",
+                "content": framed_question(question, self._history, self._config.context_tokens),
+            },
         ]
         for round_number in range(1, self._config.max_rounds + 1):
             yield RoundStart(session_id=sid, round=round_number)
@@ -115,6 +124,9 @@ class ReactAgent:
             if isinstance(parsed, Answer):
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
+                    if not self._answer_announced:
+                        self._answer_announced = True
+                        yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
                     yield FinalAnswerChunk(session_id=sid, content=safe_markdown(parsed.text))
                 cited = cite(safe_markdown(parsed.text), self._context.citations)
                 yield FinalAnswer(
@@ -242,5 +254,9 @@ class ReactAgent:
                 yield Thinking(session_id=sid, round=round_number, content=thought, delta=delta)
             answer = answer_so_far(reply.text)
             if answer is not None and answer != reply.shown_answer:
+                if not self._answer_announced:
+                    # Once per run: a reply asked again does not announce it again.
+                    self._answer_announced = True
+                    yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
                 reply.shown_answer = answer
                 yield FinalAnswerChunk(session_id=sid, content=safe_markdown(answer))

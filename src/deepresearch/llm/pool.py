@@ -16,6 +16,7 @@ another backend because this one is now down.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import statistics
 import time
@@ -120,6 +121,8 @@ class BackendPool:
         self.backends = [Backend(model, limit) for model in models]
         self._clock = clock
         self._homes: OrderedDict[str, Backend] = OrderedDict()
+        self._ages: OrderedDict[str, int] = OrderedDict()  # sessions in order of first call
+        self._arrivals = itertools.count()
 
     def states(self) -> list[BackendState]:
         now = self._clock()
@@ -168,6 +171,17 @@ class BackendPool:
             self._homes.move_to_end(session_id)
         return choice
 
+    def _age(self, session_id: str | None) -> float:
+        """Priority at the gate: the order in which sessions first called (older first)."""
+        if session_id is None:
+            return float(next(self._arrivals))
+        age = self._ages.get(session_id)
+        if age is None:
+            age = self._ages[session_id] = next(self._arrivals)
+            if len(self._ages) > HOMES_KEPT:
+                self._ages.popitem(last=False)
+        return float(age)
+
     async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         """Counted by the session's own backend: its tokenizer, and no other's turn."""
         backend = self._homes.get(call.session_id) if call.session_id else None
@@ -184,7 +198,7 @@ class BackendPool:
         tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncGenerator[Piece, None]:
         backend = self.choose(call.session_id)
-        async with backend.limiter.held():
+        async with backend.limiter.held(self._age(call.session_id)):
             sent = self._clock()
             first: float | None = None
             last, pieces = sent, 0

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Literal
 
 from deepresearch.agent.base import Agent
+from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.errors import Overloaded, SessionConflict, SessionFailure, SessionNotFound
 from deepresearch.events import (
@@ -38,6 +39,8 @@ from deepresearch.runtime.deltas import ACCUMULATED, Compactor, WireView, since_
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
+    UNFINISHED,
+    ConversationSummary,
     SessionChanges,
     SessionRecord,
     SessionStatus,
@@ -48,7 +51,10 @@ from deepresearch.sessions.store import SessionStore
 log = logging.getLogger("deepresearch.sessions")
 
 OnDisconnect = Literal["grace", "continue", "cancel"]
-AgentFactory = Callable[[str, AgentTemplate], Agent]
+# (session_id, config) -> Agent; a follow-up's also gets ``history=`` (the conversation's
+# earlier questions and answers, a tuple of Exchange), so a factory without that keyword
+# still serves every first question.
+AgentFactory = Callable[..., Agent]
 
 # A follower further behind than this stops being fed live and catches up from the store.
 LISTENER_BUFFER = 512
@@ -76,6 +82,24 @@ class SessionRequest:
     session_id: str | None = None
     on_disconnect: OnDisconnect = "grace"
     owner: str | None = None
+    client: str | None = None  # digest of the client's address
+    # Earlier turns the client sent itself (the OpenAI facade); a stored conversation's
+    # turns are used instead when session_id names one.
+    history: tuple[Exchange, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a new session goes: its id, and its conversation when it follows up."""
+
+    session_id: str
+    conversation_id: str | None = None  # None: it starts a conversation of its own
+    turn: int = 1
+    history: tuple[Exchange, ...] = ()
+
+    @property
+    def conversation(self) -> str:
+        return self.conversation_id or self.session_id
 
 
 def owner_of(api_key: str | None) -> str | None:
@@ -136,6 +160,7 @@ class SessionManager:
         # terminal event and the record's changes, offered again every SETTLE_EVERY.
         self._unsettled: dict[str, tuple[StoredEvent, SessionChanges]] = {}
         self._settler: asyncio.Task[None] | None = None
+        self._busy_conversations: set[str] = set()  # a turn is starting or running
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -206,13 +231,20 @@ class SessionManager:
         return len(self._live)
 
     async def start(self, request: SessionRequest) -> str:
-        """Admit and start a session; ``Overloaded`` or ``SessionConflict`` create nothing."""
+        """Admit and start a session; ``Overloaded`` or ``SessionConflict`` create nothing.
+
+        A ``session_id`` not in use names the new session; the id of an existing
+        session or conversation asks a follow-up in that conversation (the new
+        session gets a fresh id).
+        """
         # Validate the request's settings before anything is reserved.
         config = self._template.for_request(**request.generation)
-        session_id = request.session_id or str(uuid.uuid4())
-        if session_id in self._live:
-            raise SessionConflict(f"session {session_id} already exists")
+        place = await self._place(request)
+        session_id = place.session_id
+        if session_id in self._live or place.conversation in self._busy_conversations:
+            raise SessionConflict(self._busy_message(place))
         ticket = self._admission.admit(session_id, request.owner or "")
+        self._busy_conversations.add(place.conversation)
         record = SessionRecord(
             id=session_id,
             question=request.question,
@@ -220,6 +252,9 @@ class SessionManager:
             created_at=utc_now(),
             owner=request.owner,
             on_disconnect=request.on_disconnect,
+            conversation_id=place.conversation_id,
+            turn=place.turn,
+            client=request.client,
         )
         # Live before its record is written: a DELETE that arrives meanwhile finds it
         # (and waits for it) instead of finding a queued record with nothing behind it.
@@ -230,6 +265,7 @@ class SessionManager:
         except BaseException as exc:
             self._live.pop(session_id, None)
             self._admission.release(ticket)
+            self._busy_conversations.discard(place.conversation)
             live.ready.set()
             if isinstance(exc, Exception) and not isinstance(exc, SessionConflict):
                 log.error("[session %s] the store cannot create it: %s", session_id[:8], exc)
@@ -238,7 +274,10 @@ class SessionManager:
                     retry_after=STORE_RETRY_AFTER,
                 ) from exc
             raise
-        live.task = asyncio.create_task(self._run(live, config), name=f"session-{session_id}")
+        live.task = asyncio.create_task(
+            self._run(live, config, place.history or request.history),
+            name=f"session-{session_id}",
+        )
         live.task.add_done_callback(lambda _: self._task_done(live))
         live.ready.set()
         if live.cancel_requested:
@@ -251,10 +290,39 @@ class SessionManager:
         log.info("%s admitted (%s): %s", live.tag, ticket.state, question)
         return session_id
 
+    async def _place(self, request: SessionRequest) -> _Placement:
+        asked = request.session_id
+        if asked is None:
+            return _Placement(str(uuid.uuid4()))
+        earlier = await self._store.get(asked)
+        if earlier is None:
+            return _Placement(asked)
+        if request.owner is not None and earlier.owner != request.owner:
+            raise SessionConflict(f"session {asked} already exists")
+        turns = [self._settled(t) for t in await self._store.conversation(earlier.conversation)]
+        if any(turn.status in UNFINISHED for turn in turns):
+            raise SessionConflict(self._busy_message(_Placement("", earlier.conversation)))
+        return _Placement(
+            str(uuid.uuid4()),
+            conversation_id=earlier.conversation,
+            turn=max(turn.turn for turn in turns) + 1,
+            history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
+        )
+
+    @staticmethod
+    def _busy_message(place: _Placement) -> str:
+        if place.conversation_id is None:
+            return f"session {place.session_id} already exists"
+        return (
+            f"conversation {place.conversation}: the previous question is still being "
+            "researched; wait for it to end (or cancel it) before asking a follow-up"
+        )
+
     def _task_done(self, live: _LiveSession) -> None:
         """Whatever happened to the task, its ticket goes back; and a task cancelled
         before its first step (so ``_run`` never ran) still gets its terminal event."""
         self._admission.release(live.ticket)
+        self._busy_conversations.discard(live.record.conversation)
         if live.finishing is None and live.id in self._live:
             orphan = asyncio.ensure_future(self._settle_unstarted(live))
             live.finishing = orphan
@@ -331,6 +399,23 @@ class SessionManager:
             limit=limit, offset=offset, status=status, owner=owner
         )
         return [self._settled(record) for record in records], total
+
+    async def conversation(self, conversation_id: str, owner: str | None) -> list[SessionRecord]:
+        """A conversation's turns, first first; ``SessionNotFound`` if it is not the caller's."""
+        turns = [self._settled(t) for t in await self._store.conversation(conversation_id)]
+        if not turns or (owner is not None and turns[0].owner != owner):
+            raise SessionNotFound(f"no conversation {conversation_id}")
+        return turns
+
+    async def list_conversations(
+        self, *, limit: int, offset: int, owner: str | None
+    ) -> tuple[list[ConversationSummary], int]:
+        return await self._store.list_conversations(limit=limit, offset=offset, owner=owner)
+
+    async def latest_answered(
+        self, *, owner: str | None, client: str | None
+    ) -> SessionRecord | None:
+        return await self._store.latest_answered(owner=owner, client=client)
 
     async def follow(
         self,
@@ -521,12 +606,15 @@ class SessionManager:
     ) -> None:
         # The number is taken only once the event is stored: a failed write leaves
         # no gap, and the session ends (StorageFailure) with the next number.
+        # Streamed text is stored as a delta against the rows stored before it: the
+        # compactor moves on only with the number (a failed write moves neither).
         seq = live.seq + 1
         stored = live.compactor.row(seq, event)
         try:
             await self._store.append(live.id, [stored], changes)
         except asyncio.CancelledError:
             live.seq = seq  # the write goes on without us and may land: never reuse it
+            live.compactor.commit()
             raise
         except Exception as exc:
             log.error("%s the store could not save a %s event: %s", live.tag, event.type, exc)
@@ -534,6 +622,7 @@ class SessionManager:
                 f"the session store could not save this session's events ({exc})"
             ) from exc
         live.seq = seq
+        live.compactor.commit()
         self._fan_out(live, stored)
 
     def _fan_out(self, live: _LiveSession, stored: StoredEvent) -> None:
@@ -545,7 +634,9 @@ class SessionManager:
                 listener.lagging = True
             listener.queue.put_nowait(stored)
 
-    async def _run(self, live: _LiveSession, config: AgentTemplate) -> None:
+    async def _run(
+        self, live: _LiveSession, config: AgentTemplate, history: tuple[Exchange, ...] = ()
+    ) -> None:
         sid = live.id
         loop = asyncio.get_running_loop()
         admitted = loop.time()
@@ -575,7 +666,10 @@ class SessionManager:
                 Init(session_id=sid, content="slot acquired; agent ready"),
                 SessionChanges(status="processing", started_at=utc_now()),
             )
-            agent = self._agent_factory(sid, config)
+            if history:
+                agent = self._agent_factory(sid, config, history=history)
+            else:
+                agent = self._agent_factory(sid, config)
             terminal = Error(session_id=sid, content="the agent stopped without an outcome")
             async with (
                 asyncio.timeout(config.max_run_seconds),

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from deepresearch.config import Settings
 from deepresearch.errors import ClientError, Overloaded
 from deepresearch.llm.base import ChatModel
 from deepresearch.runtime.manager import SessionRequest
-from deepresearch.server.auth import ANONYMOUS, Forbidden, KeyRing, Principal, load_keyring
+from deepresearch.server import conversations, openai_facade
+from deepresearch.server.auth import Forbidden, Principal, load_keyring
+from deepresearch.server.deps import Caller, Owner, Svc, Unauthorized, client_of, identify
+from deepresearch.server.following import wait_for_end
 from deepresearch.server.limits import (
+    MAX_OFFSET,
     BodyLimit,
     RateLimiter,
     parse_last_event_id,
     read_json,
 )
+from deepresearch.server.openai_facade import OpenAIError, error_body
 from deepresearch.server.openapi import (
     CHAT_RESPONSES,
     ERROR_RESPONSES,
@@ -34,65 +47,16 @@ from deepresearch.server.openapi import (
 from deepresearch.server.schemas import ChatRequest
 from deepresearch.server.security import add_browser_guards
 from deepresearch.server.sse import sse_bytes
+from deepresearch.server.views import detail, summary
 from deepresearch.services import Services, ToolsFactory, default_tools, open_services
-from deepresearch.sessions.records import SessionRecord, SessionStatus
+from deepresearch.sessions.records import SessionStatus
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# Sequence numbers and offsets fit SQLite's 64-bit integers with room to spare.
-MAX_OFFSET = 10**9
 
 audit = logging.getLogger("deepresearch.audit")
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-
-class _Unauthorized(Exception):
-    pass
-
-
-async def get_services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
-
-
-Svc = Annotated[Services, Depends(get_services)]
-
-
-def identify(request: Request, authorization: str | None) -> Principal | None:
-    """The caller named by ``authorization``: ``ANONYMOUS`` with keys off, ``None``
-    for a missing or unknown key."""
-    keyring: KeyRing = request.app.state.keyring
-    if not keyring.enabled:
-        return ANONYMOUS
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return keyring.identify(key.strip())
-
-
-async def get_caller(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
-    """The caller; 401 without a valid key when keys are on, 429 past its rate."""
-    caller = identify(request, authorization)
-    if caller is None:
-        raise _Unauthorized()
-    if caller.owner is not None:
-        limiter: RateLimiter = request.app.state.rate_limiter
-        limiter.take(caller.name)
-    return caller
-
-
-Caller = Annotated[Principal, Depends(get_caller)]
-
-
-async def get_owner(caller: Caller) -> str | None:
-    """Whose sessions the caller may see: its own, or everyone's (``None``: an admin,
-    or keys off)."""
-    return caller.scope
-
-
-Owner = Annotated[str | None, Depends(get_owner)]
+STATIC = Path(__file__).parent / "static"
 
 
 async def parse_chat(request: Request, svc: Services) -> ChatRequest:
@@ -121,6 +85,7 @@ async def start(request: Request, svc: Services, caller: Principal) -> str:
             session_id=chat.session_id,
             on_disconnect=chat.on_disconnect,
             owner=caller.owner,
+            client=client_of(request),
         )
     )
     audit.info("audit: %s (%s) started session %s", caller.name, caller.role, session_id)
@@ -156,20 +121,7 @@ async def chat_stream(
 async def chat(request: Request, svc: Svc, caller: Caller) -> Response:
     who = caller.scope
     session_id = await start(request, svc, caller)
-
-    async def drain() -> None:
-        async for _ in svc.manager.follow(session_id):
-            pass
-
-    # Nothing cancels a plain handler when its client leaves, so watch for it: the
-    # session's on_disconnect policy must apply here as it does to streams.
-    finished = asyncio.create_task(drain())
-    gone = asyncio.create_task(_disconnected(request))
-    await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (finished, gone):
-        task.cancel()
-    await asyncio.gather(finished, gone, return_exceptions=True)
-    record = await svc.manager.get(session_id, who)
+    record = await wait_for_end(request, svc, session_id, who)
     return JSONResponse(
         {
             "session_id": record.id,
@@ -181,9 +133,10 @@ async def chat(request: Request, svc: Svc, caller: Caller) -> Response:
     )
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The web page (no data in it: with keys on, it asks for one)."""
+    return FileResponse(STATIC / "index.html")
 
 
 @router.get("/health")
@@ -234,7 +187,7 @@ async def sessions(
         limit=limit, offset=offset, status=status, owner=who
     )
     return {
-        "active_sessions": {record.id: _summary(record) for record in records},
+        "active_sessions": {record.id: summary(record) for record in records},
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -243,7 +196,7 @@ async def sessions(
 
 @router.get("/sessions/{session_id}")
 async def session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    return _detail(await svc.manager.get(session_id, who))
+    return detail(await svc.manager.get(session_id, who))
 
 
 @router.get(
@@ -265,7 +218,7 @@ async def session_events(
 async def cancel(session_id: str, svc: Svc, caller: Caller) -> dict[str, Any]:
     record = await svc.manager.cancel(session_id, caller.scope, "cancelled by the client")
     audit.info("audit: %s (%s) cancelled session %s", caller.name, caller.role, session_id)
-    return _detail(record)
+    return detail(record)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -273,6 +226,10 @@ async def metrics(svc: Svc, caller: Caller) -> Response:
     if not caller.is_admin:
         raise Forbidden("the metrics are for admin keys")
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _openai_route(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
 
 
 def _field_errors(errors: list[Any]) -> JSONResponse:
@@ -312,7 +269,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _field_errors(list(exc.errors()))
+        response = _field_errors(list(exc.errors()))
+        if _openai_route(request):
+            content = json.loads(bytes(response.body))
+            param = next(iter(content["fields"]), None)
+            return JSONResponse(status_code=400, content=error_body(content["error"], 400, param))
+        return response
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
@@ -320,42 +282,23 @@ def create_app(
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if isinstance(exc, Overloaded):
             request.app.state.services.metrics.rejected.inc()
-        return JSONResponse(
-            status_code=exc.status_code, content={"error": str(exc)}, headers=headers
-        )
+        content: dict[str, Any] = {"error": str(exc)}
+        if _openai_route(request):
+            param, code = (exc.param, exc.code) if isinstance(exc, OpenAIError) else (None, None)
+            content = error_body(str(exc), exc.status_code, param, code)
+        return JSONResponse(status_code=exc.status_code, content=content, headers=headers)
 
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        message = "a valid 'Authorization: Bearer KEY' header is required"
+        content = error_body(message, 401) if _openai_route(request) else {"error": message}
         return JSONResponse(
-            status_code=401,
-            content={"error": "a valid 'Authorization: Bearer KEY' header is required"},
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=401, content=content, headers={"WWW-Authenticate": "Bearer"}
         )
 
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(conversations.router)
+    app.include_router(openai_facade.router)
     complete_openapi(app, settings.max_question_chars)
     return app
-
-
-def _summary(record: SessionRecord) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "question": record.question,
-        "start_time": record.created_at.isoformat(),
-        "status": record.status,
-    }
-    if record.ended_at is not None:
-        summary["end_time"] = record.ended_at.isoformat()
-    return summary
-
-
-def _detail(record: SessionRecord) -> dict[str, Any]:
-    return {
-        "session_id": record.id,
-        **_summary(record),
-        "started_at": record.started_at.isoformat() if record.started_at else None,
-        "on_disconnect": record.on_disconnect,
-        "answer": record.answer,
-        "citations": record.citations,
-        "error": record.error,
-        "events": record.last_seq,
-    }

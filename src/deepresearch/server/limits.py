@@ -35,6 +35,8 @@ _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 _JSON_MEDIA = re.compile(r"^application/([a-z0-9.+-]*\+)?json$")
 # Sequence numbers fit SQLite's signed 64-bit integers with room to spare.
 _SEQ = re.compile(r"[0-9]{1,18}")
+# Sequence numbers and offsets fit SQLite's 64-bit integers with room to spare.
+MAX_OFFSET = 10**9
 
 
 class PayloadTooLarge(ClientError):

@@ -44,9 +44,52 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()
 }
 
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """The ``/v1`` routes' errors, in OpenAI's shape; those answered before a route
+    runs (a body too large or too slow, a Host not served) keep the server's own."""
+
+    error: OpenAIErrorDetail | str
+    fields: dict[str, str] | None = None
+
+
+_OPENAI_ERRORS = {**_ERRORS, 400: "invalid input (`param` names the field), or an unknown Host"}
+_OPENAI_ERRORS.pop(422)
+_OPENAI_ERRORS[404] = "no such model"
+
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIErrorBody, "description": text} for code, text in _OPENAI_ERRORS.items()
+}
+
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ChatResult, "description": "the session's outcome"}
 }
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` written in place (an OpenAPI document
+    has no ``$defs`` for the references to point at)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def chat_body() -> dict[str, Any]:

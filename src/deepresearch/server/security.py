@@ -87,8 +87,9 @@ def add_browser_guards(app: FastAPI, settings: Settings, keys_on: bool) -> None:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["Retry-After"],
+            # Any request header: OpenAI's browser SDK adds its own (x-stainless-*).
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Session-Id"],
         )
     hosts = allowed_hosts(settings, keys_on)
     if hosts is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 from deepresearch.sessions.records import StoredEvent
@@ -11,7 +12,18 @@ HEARTBEAT = b": heartbeat\n\n"
 
 def encode(event: StoredEvent) -> bytes:
     # Event JSON is one line by construction (pydantic escapes newlines).
-    return f"id: {event.seq}\ndata: {event.data}\n\n".encode()
+    data = _with_accumulated(event.data) if event.type == "final_answer_chunk" else event.data
+    return f"id: {event.seq}\ndata: {data}\n\n".encode()
+
+
+def _with_accumulated(data: str) -> str:
+    """The answer so far again as ``accumulated``: the note's latest front end appends
+    each chunk's ``content`` to the answer card unless this field is present."""
+    event = json.loads(data)
+    if "accumulated" in event or not event.get("content"):
+        return data
+    event["accumulated"] = event["content"]
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
 async def sse_bytes(events: AsyncIterator[StoredEvent | None]) -> AsyncIterator[bytes]:

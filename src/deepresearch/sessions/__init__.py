@@ -1,6 +1,7 @@
 """Where sessions and their event logs are kept: one interface, several backends."""
 
 from deepresearch.sessions.records import (
+    ConversationSummary,
     SessionChanges,
     SessionRecord,
     SessionStatus,
@@ -10,6 +11,7 @@ from deepresearch.sessions.sqlite import SqliteSessionStore
 from deepresearch.sessions.store import SessionStore
 
 __all__ = [
+    "ConversationSummary",
     "SessionChanges",
     "SessionRecord",
     "SessionStatus",

@@ -51,6 +51,28 @@ class SessionRecord:
     citations: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     last_seq: int = 0
+    conversation_id: str | None = None  # None: a conversation of its own (its id)
+    turn: int = 1  # its place in the conversation, from 1
+    client: str | None = None  # digest of the asking client's address (bare citation numbers)
+
+    @property
+    def conversation(self) -> str:
+        """The conversation it belongs to; a conversation's id is its first session's."""
+        return self.conversation_id or self.id
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One conversation as listed: its turns are sessions sharing ``id``."""
+
+    id: str  # the id of its first session
+    owner: str | None
+    title: str  # the first question
+    created_at: datetime  # when its first question was asked
+    updated_at: datetime  # when its latest question was asked
+    turns: int
+    answered: int  # turns that got an answer
+    status: SessionStatus  # the latest turn's
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 from deepresearch.errors import ConfigurationError, SessionConflict
+from deepresearch.sessions.eventlog import AppendSignal, tail_by_signal
 from deepresearch.sessions.records import (
     UNFINISHED,
+    ConversationSummary,
     SessionChanges,
     SessionRecord,
     SessionStatus,
@@ -45,7 +47,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended_at TEXT,
     answer TEXT,
     citations TEXT NOT NULL DEFAULT '[]',
-    error TEXT
+    error TEXT,
+    conversation_id TEXT,
+    turn INTEGER NOT NULL DEFAULT 1,
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions (created_at DESC);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, created_at DESC);
@@ -57,10 +62,21 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 """
+# Files from before conversations get the new columns; every session then names its
+# conversation (its own id when it started one), so grouping needs no COALESCE.
+MIGRATIONS = {
+    "conversation_id": "ALTER TABLE sessions ADD COLUMN conversation_id TEXT",
+    "turn": "ALTER TABLE sessions ADD COLUMN turn INTEGER NOT NULL DEFAULT 1",
+    "client": "ALTER TABLE sessions ADD COLUMN client TEXT",
+}
+AFTER_MIGRATIONS = """
+UPDATE sessions SET conversation_id = id WHERE conversation_id IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_by_conversation ON sessions (conversation_id, turn);
+"""
 
 COLUMNS = (
     "id, question, status, created_at, owner, on_disconnect, "
-    "started_at, ended_at, answer, citations, error"
+    "started_at, ended_at, answer, citations, error, conversation_id, turn, client"
 )
 # The last sequence number is read from the events' primary key rather than kept
 # in the row: updating the row on every event doubled the writer's work.
@@ -107,6 +123,9 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
     created = _parse_time(row[3])
     assert created is not None
     return SessionRecord(
+        conversation_id=row[11] if row[11] != row[0] else None,
+        turn=row[12],
+        client=row[13],
         id=row[0],
         question=row[1],
         status=cast(SessionStatus, row[2]),
@@ -118,7 +137,7 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         answer=row[8],
         citations=json.loads(row[9]),
         error=row[10],
-        last_seq=row[11],
+        last_seq=row[14],
     )
 
 
@@ -135,6 +154,9 @@ def _row(record: SessionRecord) -> tuple[Any, ...]:
         record.answer,
         json.dumps(record.citations),
         record.error,
+        record.conversation,
+        record.turn,
+        record.client,
     )
 
 
@@ -163,7 +185,7 @@ def _transaction(db: sqlite3.Connection, fault: Fault | None = None) -> Iterator
 def _write_one(db: sqlite3.Connection, write: _Write) -> None:
     if write.record is not None:
         inserted = db.execute(
-            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 11)})",
+            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
             _row(write.record),
         )
         write.conflict = inserted.rowcount == 0
@@ -229,6 +251,37 @@ def _apply_changes(db: sqlite3.Connection, session_id: str, changes: SessionChan
         )
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+    present = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    for column, statement in MIGRATIONS.items():
+        if column not in present:
+            db.execute(statement)
+    db.executescript(AFTER_MIGRATIONS)
+
+
+def _doomed_conversations(db: sqlite3.Connection, cutoff: str, keep: int) -> list[tuple[str, int]]:
+    """The conversations retention deletes, newest first, each with how many
+    sessions it holds."""
+    rows = db.execute(
+        "SELECT conversation_id, MAX(created_at), "
+        f"SUM(CASE WHEN {FINISHED_SQL} THEN 0 ELSE 1 END), COUNT(*) "
+        "FROM sessions GROUP BY conversation_id ORDER BY MAX(created_at) DESC"
+    )
+    doomed: list[tuple[str, int]] = []
+    kept = 0
+    full = False
+    for conversation_id, latest, unfinished, count in rows:
+        if unfinished:
+            continue
+        full = full or kept + count > keep
+        if full or latest < cutoff:
+            doomed.append((conversation_id, count))
+        else:
+            kept += count
+    return doomed
+
+
 class SqliteSessionStore:
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -240,6 +293,7 @@ class SqliteSessionStore:
         self._flusher: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
         self.fault: Fault | None = None  # tests: make writes fail as a full disk would
+        self._appended = AppendSignal()  # wakes `tail` readers after each commit
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -281,7 +335,7 @@ class SqliteSessionStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._take_lock)
         self._write_db = await loop.run_in_executor(self._writer, self._connect)
-        await self._write(lambda db: db.executescript(SCHEMA))
+        await self._write(_migrate)
         self._read_db = await loop.run_in_executor(self._reader, self._connect)
 
     async def close(self) -> None:
@@ -342,6 +396,8 @@ class SqliteSessionStore:
                         continue
                     if failure is None:
                         write.future.set_result(None)
+                        if write.events:
+                            self._appended.notify(write.session_id)
                     else:
                         write.future.set_exception(failure)
         finally:
@@ -356,28 +412,33 @@ class SqliteSessionStore:
         behind the whole clean-up."""
         cutoff = older_than.isoformat()
 
-        def delete_some(db: sqlite3.Connection) -> int:
+        def delete_some(db: sqlite3.Connection) -> tuple[int, bool]:
+            """Whole conversations, oldest first, up to ``PRUNE_BATCH`` sessions (at
+            least one conversation); and whether doomed ones are left. Chosen afresh
+            in each transaction: a follow-up asked meanwhile keeps its conversation."""
             with _transaction(db, self.fault):
-                doomed = [
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT id FROM sessions WHERE {FINISHED_SQL} AND (created_at < ? OR id "
-                        f"NOT IN (SELECT id FROM sessions WHERE {FINISHED_SQL} "
-                        "ORDER BY created_at DESC LIMIT ?)) LIMIT ?",
-                        (cutoff, keep, PRUNE_BATCH),
+                doomed = _doomed_conversations(db, cutoff, keep)
+                batch: list[str] = []
+                sessions = 0
+                while doomed and (not batch or sessions + doomed[-1][1] <= PRUNE_BATCH):
+                    conversation_id, count = doomed.pop()
+                    batch.append(conversation_id)
+                    sessions += count
+                if batch:
+                    marks = ", ".join("?" * len(batch))
+                    db.execute(
+                        "DELETE FROM events WHERE session_id IN "
+                        f"(SELECT id FROM sessions WHERE conversation_id IN ({marks}))",
+                        batch,
                     )
-                ]
-                if doomed:
-                    marks = ", ".join("?" * len(doomed))
-                    db.execute(f"DELETE FROM events WHERE session_id IN ({marks})", doomed)
-                    db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", doomed)
-                return len(doomed)
+                    db.execute(f"DELETE FROM sessions WHERE conversation_id IN ({marks})", batch)
+                return sessions, bool(doomed)
 
         removed = 0
         while True:
-            count = await self._write(delete_some)
+            count, more = await self._write(delete_some)
             removed += count
-            if count < PRUNE_BATCH:
+            if not more:
                 return removed
             await asyncio.sleep(0)  # let the flusher's next batch in
 
@@ -421,6 +482,75 @@ class SqliteSessionStore:
 
         return await self._read(fetch)
 
+    async def conversation(self, conversation_id: str) -> list[SessionRecord]:
+        def fetch(db: sqlite3.Connection) -> list[SessionRecord]:
+            rows = db.execute(
+                f"SELECT {SELECT_COLUMNS} FROM sessions WHERE conversation_id = ? ORDER BY turn",
+                (conversation_id,),
+            )
+            return [_record(row) for row in rows]
+
+        return await self._read(fetch)
+
+    async def list_conversations(
+        self, *, limit: int, offset: int = 0, owner: str | None = None
+    ) -> tuple[list[ConversationSummary], int]:
+        where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
+        turn_of = (
+            "SELECT {} FROM sessions t WHERE t.conversation_id = c.id ORDER BY turn {} LIMIT 1"
+        )
+
+        def fetch(db: sqlite3.Connection) -> tuple[list[ConversationSummary], int]:
+            rows = db.execute(
+                f"SELECT c.id, c.first, c.latest, c.turns, c.answered, "
+                f"({turn_of.format('owner', 'ASC')}), "
+                f"({turn_of.format('question', 'ASC')}), ({turn_of.format('status', 'DESC')}) "
+                "FROM (SELECT conversation_id AS id, MIN(created_at) AS first, "
+                f"MAX(created_at) AS latest, COUNT(*) AS turns, "
+                f"SUM(answer IS NOT NULL) AS answered FROM sessions {where} "
+                "GROUP BY conversation_id) c ORDER BY c.latest DESC, c.id DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            total = db.execute(
+                f"SELECT COUNT(DISTINCT conversation_id) FROM sessions {where}", params
+            ).fetchone()[0]
+            summaries = [
+                ConversationSummary(
+                    id=row[0],
+                    created_at=datetime.fromisoformat(row[1]),
+                    updated_at=datetime.fromisoformat(row[2]),
+                    turns=row[3],
+                    answered=row[4],
+                    owner=row[5],
+                    title=row[6],
+                    status=cast(SessionStatus, row[7]),
+                )
+                for row in rows
+            ]
+            return summaries, total
+
+        return await self._read(fetch)
+
+    async def latest_answered(
+        self, *, owner: str | None, client: str | None
+    ) -> SessionRecord | None:
+        clauses = ["answer IS NOT NULL"]
+        params: list[str] = []
+        for column, value in (("owner", owner), ("client", client)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+
+        def fetch(db: sqlite3.Connection) -> SessionRecord | None:
+            row = db.execute(
+                f"SELECT {SELECT_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} "
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params,
+            ).fetchone()
+            return _record(row) if row else None
+
+        return await self._read(fetch)
+
     async def unfinished(self) -> list[SessionRecord]:
         marks = ", ".join(f"'{status}'" for status in sorted(UNFINISHED))
 
@@ -442,3 +572,8 @@ class SqliteSessionStore:
             return [StoredEvent(seq, type_, data) for seq, type_, data in rows]
 
         return await self._read(fetch)
+
+    async def tail(self, session_id: str, after: int, timeout: float) -> list[StoredEvent]:
+        """The events after ``after``, waiting up to ``timeout`` s for the first one:
+        every append goes through this process, so a commit wakes its readers."""
+        return await tail_by_signal(self._appended, self.events, session_id, after, timeout)

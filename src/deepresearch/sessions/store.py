@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from deepresearch.sessions.records import (
+    ConversationSummary,
     SessionChanges,
     SessionRecord,
     SessionStatus,
@@ -58,7 +59,23 @@ class SessionStore(Protocol):
     ) -> list[StoredEvent]:
         """The session's events with ``seq > after``, in order; at most ``limit``."""
 
+    async def conversation(self, conversation_id: str) -> list[SessionRecord]:
+        """The sessions of a conversation (its turns), first turn first; empty if none."""
+
+    async def list_conversations(
+        self, *, limit: int, offset: int = 0, owner: str | None = None
+    ) -> tuple[list[ConversationSummary], int]:
+        """Conversations by their latest question, newest first, with the total count."""
+
+    async def latest_answered(
+        self, *, owner: str | None, client: str | None
+    ) -> SessionRecord | None:
+        """The newest session with an answer asked by this owner and (when given) from
+        this client; what a bare citation number refers to."""
+
     async def prune(self, *, older_than: datetime, keep: int) -> int:
-        """Delete finished sessions created before ``older_than``, and finished ones
-        beyond the newest ``keep`` finished; never an unfinished one. Returns how
-        many were deleted."""
+        """Delete whole conversations: those whose every session has finished and whose
+        latest question is older than ``older_than``, and finished ones beyond the
+        newest conversations holding ``keep`` sessions; never one with an unfinished
+        session. A session with no conversation is a conversation of its own.
+        Returns how many sessions were deleted."""

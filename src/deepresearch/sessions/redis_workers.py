@@ -1,0 +1,105 @@
+"""Which workers are alive, and what they can take: the cluster half of ``/health``.
+
+Each worker beats every few seconds: it writes ``p:worker:<name>`` (a hash: its
+slots, sessions running, when it started, when it beat), with a TTL of a few beats,
+and keeps its name in ``p:workers``. A worker that dies stops beating and its hash
+expires; ``alive`` drops it from the set when it finds it gone. The cluster's
+concurrency is the sum of the live workers' slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from redis.asyncio import Redis
+
+from deepresearch.sessions.redis_scripts import RedisKeys
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str  # unique per process: host and pid, say
+    slots: int  # sessions it may run at once (its DEEPRESEARCH_MAX_CONCURRENT now)
+    running: int  # sessions it runs now
+    started_at: datetime
+    beat_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    workers: int
+    slots: int  # the sum of the live workers' slots
+    running: int
+
+
+class RedisWorkers:
+    """Worker heartbeats on a Redis client opened with ``decode_responses=True``."""
+
+    def __init__(self, client: Redis, keys: RedisKeys) -> None:
+        self._client = client
+        self._keys = keys
+
+    def _key(self, name: str) -> str:
+        return f"{self._keys.prefix}:worker:{name}"
+
+    @property
+    def _names(self) -> str:
+        return f"{self._keys.prefix}:workers"
+
+    async def beat(self, info: WorkerInfo, *, ttl: float) -> None:
+        """Say this worker is alive for ``ttl`` more seconds, with these figures."""
+        key = self._key(info.name)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "slots": info.slots,
+                    "running": info.running,
+                    "started_at": info.started_at.isoformat(),
+                    "beat_at": info.beat_at.isoformat(),
+                },
+            )
+            pipe.pexpire(key, max(1, int(ttl * 1000)))
+            pipe.sadd(self._names, info.name)
+            await pipe.execute()
+
+    async def leave(self, name: str) -> None:
+        """Gone for good (a clean shutdown): no need to wait for the TTL."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(name))
+            pipe.srem(self._names, name)
+            await pipe.execute()
+
+    async def alive(self) -> list[WorkerInfo]:
+        """The workers whose last beat has not expired, by name."""
+        # (redis-py types some commands as sync-or-async; the asyncio client awaits them.)
+        names = sorted(await cast("Awaitable[set[str]]", self._client.smembers(self._names)))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self._key(name))
+            rows: list[dict[str, str]] = await pipe.execute()
+        gone = [name for name, row in zip(names, rows, strict=True) if not row]
+        if gone:
+            await cast("Awaitable[int]", self._client.srem(self._names, *gone))
+        return [
+            WorkerInfo(
+                name=name,
+                slots=int(row["slots"]),
+                running=int(row["running"]),
+                started_at=datetime.fromisoformat(row["started_at"]),
+                beat_at=datetime.fromisoformat(row["beat_at"]),
+            )
+            for name, row in zip(names, rows, strict=True)
+            if row
+        ]
+
+    async def capacity(self) -> ClusterCapacity:
+        workers = await self.alive()
+        return ClusterCapacity(
+            workers=len(workers),
+            slots=sum(worker.slots for worker in workers),
+            running=sum(worker.running for worker in workers),
+        )

@@ -1,0 +1,53 @@
+"""Worker heartbeats in Redis: the live workers and the cluster's summed capacity."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from deepresearch.sessions.redis import RedisSessionStore
+from deepresearch.sessions.redis_workers import ClusterCapacity, RedisWorkers, WorkerInfo
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def info(name: str, slots: int, running: int) -> WorkerInfo:
+    return WorkerInfo(name=name, slots=slots, running=running, started_at=NOW, beat_at=NOW)
+
+
+@pytest.fixture
+async def workers(redis_url: str) -> AsyncIterator[RedisWorkers]:
+    store = RedisSessionStore(redis_url)
+    await store.open()
+    yield RedisWorkers(store.client, store.keys)
+    await store.close()
+
+
+async def test_live_workers_and_their_summed_capacity(workers: RedisWorkers) -> None:
+    assert await workers.capacity() == ClusterCapacity(workers=0, slots=0, running=0)
+    await workers.beat(info("gpu-a:1", slots=8, running=3), ttl=30)
+    await workers.beat(info("gpu-b:1", slots=4, running=4), ttl=30)
+    assert [w.name for w in await workers.alive()] == ["gpu-a:1", "gpu-b:1"]
+    assert await workers.capacity() == ClusterCapacity(workers=2, slots=12, running=7)
+    await workers.beat(info("gpu-a:1", slots=8, running=0), ttl=30)  # the latest beat counts
+    assert await workers.capacity() == ClusterCapacity(workers=2, slots=12, running=4)
+    assert await workers.alive() == [info("gpu-a:1", 8, 0), info("gpu-b:1", 4, 4)]
+
+
+async def test_a_worker_that_stops_beating_drops_out(workers: RedisWorkers) -> None:
+    await workers.beat(info("steady", slots=8, running=1), ttl=30)
+    await workers.beat(info("dying", slots=4, running=2), ttl=0.05)
+    while True:  # until its last beat has expired
+        if [w.name for w in await workers.alive()] == ["steady"]:
+            break
+        await asyncio.sleep(0.01)
+    assert await workers.capacity() == ClusterCapacity(workers=1, slots=8, running=1)
+
+
+async def test_a_worker_that_leaves_is_gone_at_once(workers: RedisWorkers) -> None:
+    await workers.beat(info("leaving", slots=8, running=0), ttl=30)
+    await workers.leave("leaving")
+    assert await workers.alive() == []
