@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Debian packages the tests need: Chromium for the web page's browser tests, and
-# redis-server for the Redis store's tests (each starts its own on a free port).
-APT_PACKAGES := chromium redis-server
+# Debian packages the tests need: bubblewrap is the PythonInterpreter sandbox (without it no model
+# code runs), Chromium runs the web page's browser tests, and redis-server serves the Redis store's
+# tests (each starts its own on a free port). Each is checked by the command it installs.
+APT_PACKAGES := bwrap:bubblewrap chromium:chromium redis-server:redis-server
 # apt-get needs root: sudo when not root (and there).
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
@@ -16,8 +17,8 @@ install: $(STAMP) system-packages
 
 system-packages:
 	@missing=""; \
-	for package in $(APT_PACKAGES); do \
-	  command -v $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	for entry in $(APT_PACKAGES); do \
+	  command -v $${entry%%:*} >/dev/null 2>&1 || missing="$$missing $${entry#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -13,6 +13,11 @@ embedded in the first user message, e.g. ``What causes tok-abc? [sim:rounds=2] [
     [sim:malformed]    the first round's tool call is not valid JSON
     [sim:noanswer]     never answer, always call another tool
     [sim:python]       call PythonInterpreter with a ``<code>`` block
+    [sim:status=CODE]  answer HTTP CODE (429, 503, ...) at once, every time (Retry-After: 1)
+    [sim:reset]        stream a few pieces, then drop the connection mid-stream
+    [sim:garbage]      stream lines that are not JSON instead of chunks
+    [sim:first-delay=MS]  wait this long after the headers before the first piece
+    [sim:endless]      stream reasoning forever: never an answer, never [DONE]
 
 A ``tok-...`` marker names the conversation in the replies; the tool calls search for the
 question without it (as a model would: a test's session token is no search term).
@@ -121,6 +126,11 @@ class Directives:
     malformed: bool = False
     noanswer: bool = False
     python: bool = False
+    status: int | None = None
+    reset: bool = False
+    garbage: bool = False
+    first_delay_ms: float | None = None
+    endless: bool = False
 
 
 def parse_directives(question: str) -> Directives:
@@ -140,6 +150,11 @@ def parse_directives(question: str) -> Directives:
         malformed="malformed" in flags,
         noanswer="noanswer" in flags,
         python="python" in flags,
+        status=int(status) if (status := flags.get("status")) else None,
+        reset="reset" in flags,
+        garbage="garbage" in flags,
+        first_delay_ms=float(delay) if (delay := flags.get("first-delay")) else None,
+        endless="endless" in flags,
     )
 
 
@@ -330,6 +345,7 @@ class ChatCompletions:
                 await asyncio.gather(producer, watcher, return_exceptions=True)
             if producer in done:
                 # Surface bugs in the producer instead of hiding them behind the gather.
+                # A simulated reset propagates too: uvicorn then drops the connection.
                 producer.result()
 
     async def _respond(self, body: bytes, send: Send) -> None:
@@ -349,6 +365,10 @@ class ChatCompletions:
             await _send_json(send, 500, err)
             return
 
+        if directives.status is not None:
+            err = _error_body("simulated status", "SimulatedError", directives.status)
+            await _send_json(send, directives.status, err, retry_after=1)
+            return
         model = request.model or self.state.config.model
         if directives.hang:
             if request.stream:
@@ -404,8 +424,24 @@ class ChatCompletions:
             }
 
         await _send_sse_start(send)
+        if directives.first_delay_ms is not None:
+            await _pause(directives.first_delay_ms)
+        if directives.garbage:
+            for _ in range(3):
+                await send({"type": "http.response.body", "body": b"data: <html>oops\n\n",
+                            "more_body": True})  # fmt: skip
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         # vLLM opens with an empty role-only delta; clients that rely on it keep working.
         await _send_event(send, chunk({"role": "assistant", "content": ""}, None))
+        if directives.endless:
+            while True:
+                await _pause(delay_ms or 10)
+                await _send_event(send, chunk({"content": "thinking more "}, None))
+        if directives.reset:
+            for part in parts[:3]:
+                await _send_event(send, chunk({"content": part}, None))
+            raise ConnectionResetError("simulated reset mid-stream")
         for part in parts:
             await _pause(delay_ms)
             await _send_event(send, chunk({"content": part}, None))
@@ -433,18 +469,17 @@ async def _pause(delay_ms: float) -> None:
     await asyncio.sleep(delay_ms / 1000 if delay_ms > 0 else 0)
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], retry_after: int | None = None
+) -> None:
     data = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 

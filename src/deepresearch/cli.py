@@ -65,9 +65,12 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from deepresearch.server import create_app
+    from deepresearch.server.limits import server_options
+    from deepresearch.server.startup import check_data_dir
 
     settings = _settings(host=args.host, port=args.port)
     _configure_logging(settings)
+    check_data_dir(settings)
     mode = "offline evidence mode (no LLM configured)" if settings.offline else "LLM mode"
     logging.getLogger("deepresearch").info(
         "starting on http://%s:%d in %s", settings.host, settings.port, mode
@@ -78,6 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
+        **server_options(settings.header_timeout),
     )
     return 0
 

@@ -87,21 +87,41 @@ class Settings(BaseSettings):
     uploads_dir: Path | None = None  # parse_file reads only here; default DATA_DIR/uploads
     python_timeout: float = Field(default=30.0, gt=0)
     python_memory_mb: int = Field(default=512, ge=64)
+    # A server not running as root would run code as its own user: refused unless set.
+    python_same_user: bool = False
     visit_timeout: float = Field(default=20.0, gt=0)
     visit_max_bytes: int = Field(default=5_000_000, ge=1000)
 
-    # Clients.
+    # Clients. Keys: each entry of API_KEYS is a `user` key; a keys file (TOML) names
+    # keys and gives them roles (`user`, `admin`).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    keys_file: Path | None = None
     # Browser origins allowed to call the API (the note's React front end is served
-    # from its own origin); empty disables CORS.
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    # from its own origin, e.g. http://localhost:3000); empty (the default): no CORS.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Host header values accepted (DNS rebinding); empty: with keys off, only loopback
+    # names and DEEPRESEARCH_HOST; with keys on, any. "*" accepts any.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Request bounds: body size (413 past it, counted while reading), JSON nesting,
+    # seconds to send the request headers and to send the body.
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)
+    max_json_depth: int = Field(default=32, ge=2, le=1000)
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # Per-key limits when keys are on (0: no limit): requests a minute, sessions
+    # running at once, sessions waiting in the queue. Beyond them: 429 + Retry-After.
+    rate_per_minute: int = Field(default=120, ge=0, le=1_000_000)
+    max_running_per_key: int = Field(default=0, ge=0, le=100_000)
+    max_queued_per_key: int = Field(default=20, ge=0, le=100_000)
 
     # Logs: questions may be medical data, so they are not logged unless asked.
     log_questions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("llm_url", "search", "api_keys", "cors_origins", mode="before")
+    @field_validator(
+        "llm_url", "search", "api_keys", "cors_origins", "allowed_hosts", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_commas(value)

@@ -116,7 +116,9 @@ def default_tools(services: Services) -> dict[str, Tool]:
                 memory_mb=settings.python_memory_mb,
             ),
         ),
-        "parse_file": ParseFileTool(settings.uploads_path),
+        "parse_file": ParseFileTool(
+            settings.uploads_path, owner_of=services.manager.owner_of_session
+        ),
     }
     return tools
 
@@ -242,7 +244,13 @@ async def open_services(
         stack.push_async_callback(store.close)
         index = EvidenceIndex(settings.index_path)
         stack.callback(index.close)
-        admission = Admission(Capacity.initial_slots(settings), settings.max_queue)
+        keyed = bool(settings.api_keys or settings.keys_file)  # quotas are per client key
+        admission = Admission(
+            Capacity.initial_slots(settings),
+            settings.max_queue,
+            max_running_per_key=settings.max_running_per_key if keyed else 0,
+            max_queued_per_key=settings.max_queued_per_key if keyed else 0,
+        )
         pool: BackendPool | None = None
         if model is None:
             model, pool = build_model(settings, client)
@@ -269,11 +277,13 @@ async def open_services(
             pool=pool,
             capacity=capacity,
             page_client=page_client,
-            sandbox=unprivileged_sandbox(),
+            sandbox=unprivileged_sandbox(allow_same_user=settings.python_same_user),
         )
         if services.sandbox.scratch_root is not None:
             stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
-        if not await services.sandbox.check():
+        if await services.sandbox.check():
+            log.info("PythonInterpreter available: %s", services.sandbox.describe())
+        else:
             log.warning("PythonInterpreter disabled: no sandbox here (%s)", services.sandbox.reason)
         services.search_backends = await choose_search_backends(
             settings, index, services.index_state, client

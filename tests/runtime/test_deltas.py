@@ -9,7 +9,7 @@ from pathlib import Path
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.events import Completed, Event, FinalAnswerChunk, RoundStart, Thinking
 from deepresearch.runtime.admission import Admission
-from deepresearch.runtime.deltas import SENT_BUDGET, SENT_SLACK
+from deepresearch.runtime.deltas import SENT_BUDGET, SENT_SLACK, Compactor
 from deepresearch.runtime.manager import SessionManager, SessionRequest
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.sessions import SqliteSessionStore
@@ -117,3 +117,24 @@ async def test_a_stream_resumed_mid_reasoning_continues_exactly_as_live(tmp_path
         assert resumed == [e for e in live if e.seq > middle.seq]
     finally:
         await store.close()
+
+
+def test_the_compactor_moves_on_only_with_a_stored_row() -> None:
+    """A row whose write failed is not the base of the next one: the compactor is
+    where the store is, and the next row under the same number carries the text
+    from where the stored rows left it."""
+    compactor = Compactor()
+    first = compactor.row(1, Thinking(session_id="s", round=1, content="Metformin", delta=""))
+    compactor.commit()
+    failed = compactor.row(2, Thinking(session_id="s", round=1, content="Metformin is", delta=""))
+    assert json.loads(failed.data)["delta"] == " is"  # never stored: no commit
+    again = compactor.row(
+        2, Thinking(session_id="s", round=1, content="Metformin is first", delta="")
+    )
+    compactor.commit()
+    stored = [json.loads(row.data) for row in (first, again)]
+    assert [(r["delta"], r["since"]) for r in stored] == [("Metformin", 1), (" is first", 1)]
+    # A fresh round starts at its own number, once that row is stored.
+    fresh = compactor.row(3, Thinking(session_id="s", round=2, content="Next", delta=""))
+    compactor.commit()
+    assert json.loads(fresh.data)["since"] == 3

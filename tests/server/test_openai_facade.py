@@ -135,7 +135,9 @@ async def test_keys_apply_to_the_facade(make_settings: MakeSettings) -> None:
 
 
 async def test_a_browser_chat_ui_on_another_origin_may_call_it(make_settings: MakeSettings) -> None:
-    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+    # CORS is closed by default: the operator names the chat UI's origin.
+    settings = make_settings(cors_origins=["http://localhost:3000"])
+    async with running_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
         preflight = await client.options(
             "/v1/chat/completions",
             headers={

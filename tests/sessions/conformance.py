@@ -57,6 +57,13 @@ class StoreConformance:
         stored = await store.get("s-1")
         assert stored is not None and stored.last_seq == 6
 
+    async def test_events_are_read_a_page_at_a_time(self, store: SessionStore) -> None:
+        await store.create(record("s-1"))
+        await store.append("s-1", events(1, 12))
+        assert [e.seq for e in await store.events("s-1", 0, limit=5)] == [1, 2, 3, 4, 5]
+        assert [e.seq for e in await store.events("s-1", 10, limit=5)] == [11, 12]
+        assert [e.seq for e in await store.events("s-1", 4, None)] == list(range(5, 13))
+
     async def test_concurrent_appends_from_many_sessions_all_land(
         self, store: SessionStore
     ) -> None:
@@ -248,3 +255,20 @@ class StoreConformance:
         assert removed == 1 and await store.get("b") is None
         for kept in ("a", "a2", "d"):
             assert await store.get(kept) is not None
+
+    async def test_retention_of_many_conversations_takes_each_whole(
+        self, store: SessionStore
+    ) -> None:
+        # More than one batch's worth (the SQLite store deletes in batches).
+        for n in range(260):
+            await store.create(record(f"c{n}", minutes=n, status="completed"))
+            await store.create(
+                record(f"c{n}-2", minutes=n, conversation_id=f"c{n}", turn=2, status="failed")
+            )
+        await store.create(record("live", minutes=0, status="processing"))
+        removed = await store.prune(older_than=T0, keep=10)
+        assert removed == 2 * 255  # the five newest conversations fill keep=10
+        _, total = await store.list_sessions(limit=1)
+        assert total == 11
+        for n in range(255, 260):
+            assert len(await store.conversation(f"c{n}")) == 2

@@ -7,6 +7,7 @@ the messages their protocol expects; the loop in ``react.py`` is shared.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import date
 from typing import Any, Protocol
@@ -30,6 +31,34 @@ from deepresearch.llm.base import Message, NativeToolCall
 from deepresearch.tools.base import Tool
 
 Reply = Answer | tuple[ToolCall | Malformed, ...] | NoAction
+
+# Any spelling of a protocol tag (any case, spaces or attributes inside the brackets)
+# and chat-template tokens (<|im_end|>): in text a tool brings back, each could end
+# the tool response early or fake a call or an answer.
+PROTOCOL_TAG = re.compile(
+    r"<(?=\s*/?\s*(?:tool_response|tool_call|answer|think|code|tools)\b)|<(?=\s*\|)",
+    re.IGNORECASE,
+)
+# The start of raw HTML in Markdown: a tag, a closing tag, a comment or a declaration.
+HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+FENCE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.DOTALL)
+
+
+def escape_tool_text(text: str) -> str:
+    """Tool output as inert text: every protocol tag's ``<`` becomes ``&lt;``."""
+    return PROTOCOL_TAG.sub("&lt;", text)
+
+
+def safe_markdown(text: str) -> str:
+    """An answer safe to render as Markdown: raw HTML (from a source the model quoted,
+    or the model itself) shows as text; code spans and blocks are left as written."""
+    pieces, at = [], 0
+    for code in FENCE.finditer(text):
+        pieces.append(HTML_START.sub("&lt;", text[at : code.start()]))
+        pieces.append(code.group())
+        at = code.end()
+    pieces.append(HTML_START.sub("&lt;", text[at:]))
+    return "".join(pieces)
 
 
 class Dialect(Protocol):
@@ -67,7 +96,7 @@ class TongyiDialect:
         return {"role": "assistant", "content": text}
 
     def tool_message(self, call: ToolCall | Malformed, output: str) -> Message:
-        return {"role": "user", "content": tool_response(output)}
+        return {"role": "user", "content": tool_response(escape_tool_text(output))}
 
 
 class NativeDialect:
@@ -114,7 +143,11 @@ class NativeDialect:
         return message
 
     def tool_message(self, call: ToolCall | Malformed, output: str) -> Message:
-        return {"role": "tool", "content": output, "tool_call_id": call.call_id or ""}
+        return {
+            "role": "tool",
+            "content": escape_tool_text(output),
+            "tool_call_id": call.call_id or "",
+        }
 
 
 def _native_call(call: NativeToolCall) -> ToolCall | Malformed:

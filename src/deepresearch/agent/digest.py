@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 import anyio.to_thread
 
 from deepresearch.agent.citations import cite
+from deepresearch.agent.dialects import safe_markdown
 from deepresearch.agent.parsing import ToolCall
 from deepresearch.agent.ranking import Point, select
 from deepresearch.agent.tooling import ToolRunner
@@ -137,7 +138,7 @@ class EvidenceDigestAgent:
         points = await anyio.to_thread.run_sync(select, understood, sources)
         # ``cite`` numbers the sources 1..n in the order the digest names them.
         digest = compose(points, sources, self._context)
-        cited = cite(digest, self._context.citations)
+        cited = cite(safe_markdown(digest), self._context.citations)
         yield AnswerGeneration(session_id=sid, content="writing the digest")
         yield FinalAnswerChunk(session_id=sid, content=cited.data.answer)
         yield FinalAnswer(session_id=sid, content=cited.data.answer, answer_data=cited.data)

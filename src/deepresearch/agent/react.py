@@ -12,7 +12,7 @@ from datetime import date
 
 from deepresearch.agent.citations import cite, renumber_partial
 from deepresearch.agent.conversation import Exchange, framed_question
-from deepresearch.agent.dialects import Dialect, dialect_for
+from deepresearch.agent.dialects import Dialect, dialect_for, safe_markdown
 from deepresearch.agent.parsing import Answer, Malformed, NoAction, answer_so_far, reasoning
 from deepresearch.agent.prompt import FINAL_CALL
 from deepresearch.agent.tooling import ToolRunner
@@ -122,7 +122,7 @@ class ReactAgent:
             messages.append(dialect.assistant_message(reply.text, reply.calls))
             parsed = dialect.parse(reply.text, reply.calls)
             if isinstance(parsed, Answer):
-                cited = cite(parsed.text, self._context.citations)
+                cited = cite(safe_markdown(parsed.text), self._context.citations)
                 if reply.shown_answer != parsed.text:
                     # Native replies carry no <answer> tag to stream by: send it whole.
                     if not self._answer_announced:
@@ -260,5 +260,5 @@ class ReactAgent:
                     yield AnswerGeneration(session_id=sid, content=ANSWER_GENERATION)
                 reply.shown_answer = answer
                 # Numbered as the final answer will be: 1..n in order of first use.
-                shown = renumber_partial(answer, self._context.citations)
+                shown = renumber_partial(safe_markdown(answer), self._context.citations)
                 yield FinalAnswerChunk(session_id=sid, content=shown)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ from deepresearch.llm.base import (
     public_url,
 )
 from deepresearch.llm.signals import BackendSignals, parse_vllm_metrics
+
+# The "user:password@" of a URL in a message.
+USERINFO = re.compile(r"(?<=://)[^/\s@'\"]+@")
 
 # Answers meaning "this backend has no /tokenize" (or /metrics): stop asking it.
 NOT_OFFERED = frozenset({404, 405, 501})
@@ -63,6 +67,8 @@ class OpenAICompatibleModel:
         return [BackendState(self.name, self._model, self._healthy, self._last_error)]
 
     def _failed(self, message: str, *, retryable: bool = True) -> BackendError:
+        # httpx's messages quote the request URL, credentials included: never pass them on.
+        message = USERINFO.sub("", message)
         if retryable:  # a refused request says nothing about the backend's health
             self._healthy, self._last_error = False, message
         return BackendError(f"LLM backend {self.name}: {message}", retryable=retryable)

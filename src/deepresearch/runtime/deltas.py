@@ -39,14 +39,23 @@ SENT_SLACK = 2048  # ...plus this, so short texts stream smoothly
 
 
 class Compactor:
-    """The writer's side: turns a session's events into rows to store."""
+    """The writer's side: turns a session's events into rows to store.
+
+    ``row`` only prepares a row; the compactor moves on to it at ``commit``, which
+    the writer calls once the row is stored. So each event is seen once, in order,
+    under the number it is stored with, and a write that failed leaves the
+    compactor where the store is.
+    """
 
     def __init__(self) -> None:
         self._text: dict[str, str] = {}  # by event type: the text so far
         self._since: dict[str, int] = {}
         self._rounds: dict[str, int] = {}
+        self._pending: tuple[str, str, int, int | None] | None = None
 
     def row(self, seq: int, event: Event) -> StoredEvent:
+        """The row that stores ``event`` as number ``seq`` (after the committed ones)."""
+        self._pending = None
         if not isinstance(event, Thinking | FinalAnswerChunk):
             return StoredEvent(seq, event.type, event.model_dump_json())
         kind = event.type
@@ -56,18 +65,29 @@ class Compactor:
             or not event.content.startswith(before)
             or (isinstance(event, Thinking) and self._rounds.get(kind) != event.round)
         )
+        since = seq if fresh else self._since[kind]
         if fresh:
-            before, self._since[kind] = "", seq
-        self._text[kind] = event.content
+            before = ""
         row: dict[str, Any] = {
             "timestamp": event.model_dump(mode="json", include={"timestamp"})["timestamp"],
             "delta": event.content[len(before) :],
-            "since": self._since[kind],
+            "since": since,
         }
-        if isinstance(event, Thinking):
-            self._rounds[kind] = event.round
-            row["round"] = event.round
+        round_ = event.round if isinstance(event, Thinking) else None
+        if round_ is not None:
+            row["round"] = round_
+        self._pending = (kind, event.content, since, round_)
         return StoredEvent(seq, kind, _dumps(row))
+
+    def commit(self) -> None:
+        """The last prepared row is stored: later rows follow on from it."""
+        if self._pending is None:
+            return
+        kind, text, since, round_ = self._pending
+        self._pending = None
+        self._text[kind], self._since[kind] = text, since
+        if round_ is not None:
+            self._rounds[kind] = round_
 
 
 def since_of(event: StoredEvent) -> int | None:

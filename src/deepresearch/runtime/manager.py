@@ -14,14 +14,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Literal
 
 from deepresearch.agent.base import Agent
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
-from deepresearch.errors import SessionConflict, SessionFailure, SessionNotFound
+from deepresearch.errors import Overloaded, SessionConflict, SessionFailure, SessionNotFound
 from deepresearch.events import (
     TERMINAL_TYPES,
     Cancelled,
@@ -63,6 +63,16 @@ ATTACH_WINDOW = 10.0
 PRUNE_EVERY = 600.0
 # A waiting session reports its queue position at most this often (the latest one).
 QUEUE_REPORT_INTERVAL = 1.0
+# Catch-up reads from the store take this many events at a time.
+READ_PAGE = 1000
+# An outcome the store could not take is offered to it again this often.
+SETTLE_EVERY = 1.0
+# Retry-After when the store cannot create sessions (a full disk, most likely).
+STORE_RETRY_AFTER = 10
+
+
+class StorageFailure(SessionFailure):
+    """The session store could not save one of this session's events."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,8 @@ class _LiveSession:
         self.cancel_reason = "cancelled"
         self.cancel_requested = False
         self.finishing: asyncio.Task[None] | None = None  # writing the terminal event
+        self.terminal: StoredEvent | None = None  # once decided, stored or not
+        self.ready = asyncio.Event()  # set once its record exists and its task runs
         self.compactor = Compactor()  # streamed text is stored as deltas
 
     @property
@@ -144,6 +156,10 @@ class SessionManager:
         self._live: dict[str, _LiveSession] = {}
         self._pruner: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[None]] = set()  # referenced until done
+        # Ended sessions whose outcome the store has not taken yet (a full disk): the
+        # terminal event and the record's changes, offered again every SETTLE_EVERY.
+        self._unsettled: dict[str, tuple[StoredEvent, SessionChanges]] = {}
+        self._settler: asyncio.Task[None] | None = None
         self._busy_conversations: set[str] = set()  # a turn is starting or running
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -157,9 +173,17 @@ class SessionManager:
             )
             stored = StoredEvent(record.last_seq + 1, event.type, event.model_dump_json())
             changes = SessionChanges(status="failed", ended_at=utc_now(), error=event.content)
-            await self._store.append(record.id, [stored], changes)
+            try:
+                await self._store.append(record.id, [stored], changes)
+            except Exception as exc:  # a full disk must not keep the server from starting
+                log.error("[session %s] could not mark it failed: %s", record.id[:8], exc)
+                self._unsettle(record.id, stored, changes)
+                continue
             log.warning("[session %s] interrupted by a restart: marked failed", record.id[:8])
-        await self._prune()
+        try:
+            await self._prune()
+        except Exception:
+            log.exception("retention: pruning failed")
         self._pruner = asyncio.create_task(self._prune_forever())
 
     async def close(self) -> None:
@@ -167,6 +191,8 @@ class SessionManager:
         if self._pruner is not None:
             self._pruner.cancel()
         live = list(self._live.values())
+        if self._settler is not None:
+            self._settler.cancel()
         for session in live:
             self._cancel(session, "cancelled: the server is shutting down")
         tasks = [session.task for session in live if session.task is not None]
@@ -191,6 +217,15 @@ class SessionManager:
 
     # -- starting, following, cancelling ----------------------------------------------------
 
+    def owner_of_session(self, session_id: str) -> str | None:
+        """The key owner of a running session (its tools act for that key alone)."""
+        live = self._live.get(session_id)
+        return live.record.owner if live is not None else None
+
+    @property
+    def store(self) -> SessionStore:
+        return self._store
+
     @property
     def live_count(self) -> int:
         return len(self._live)
@@ -208,6 +243,7 @@ class SessionManager:
         session_id = place.session_id
         if session_id in self._live or place.conversation in self._busy_conversations:
             raise SessionConflict(self._busy_message(place))
+        ticket = self._admission.admit(session_id, request.owner or "")
         self._busy_conversations.add(place.conversation)
         record = SessionRecord(
             id=session_id,
@@ -220,24 +256,32 @@ class SessionManager:
             turn=place.turn,
             client=request.client,
         )
-        try:
-            ticket = self._admission.admit(session_id)
-        except BaseException:
-            self._busy_conversations.discard(place.conversation)
-            raise
-        try:
-            await self._store.create(record)
-        except BaseException:
-            self._admission.release(ticket)
-            self._busy_conversations.discard(place.conversation)
-            raise
+        # Live before its record is written: a DELETE that arrives meanwhile finds it
+        # (and waits for it) instead of finding a queued record with nothing behind it.
         live = _LiveSession(record, ticket)
         self._live[session_id] = live
+        try:
+            await self._store.create(record)
+        except BaseException as exc:
+            self._live.pop(session_id, None)
+            self._admission.release(ticket)
+            self._busy_conversations.discard(place.conversation)
+            live.ready.set()
+            if isinstance(exc, Exception) and not isinstance(exc, SessionConflict):
+                log.error("[session %s] the store cannot create it: %s", session_id[:8], exc)
+                raise Overloaded(
+                    "the session store cannot save new sessions just now (is the disk full?)",
+                    retry_after=STORE_RETRY_AFTER,
+                ) from exc
+            raise
         live.task = asyncio.create_task(
             self._run(live, config, place.history or request.history),
             name=f"session-{session_id}",
         )
         live.task.add_done_callback(lambda _: self._task_done(live))
+        live.ready.set()
+        if live.cancel_requested:
+            live.task.cancel()  # a DELETE came while the record was being written
         if request.on_disconnect != "continue":
             live.grace = asyncio.get_running_loop().call_later(
                 max(ATTACH_WINDOW, self._settings.disconnect_grace), self._unwatched, live
@@ -255,7 +299,7 @@ class SessionManager:
             return _Placement(asked)
         if request.owner is not None and earlier.owner != request.owner:
             raise SessionConflict(f"session {asked} already exists")
-        turns = await self._store.conversation(earlier.conversation)
+        turns = [self._settled(t) for t in await self._store.conversation(earlier.conversation)]
         if any(turn.status in UNFINISHED for turn in turns):
             raise SessionConflict(self._busy_message(_Placement("", earlier.conversation)))
         return _Placement(
@@ -303,8 +347,10 @@ class SessionManager:
             record = await self.get(session_id, owner)
             raise SessionConflict(f"session {session_id} already ended ({record.status})")
         self._cancel(live, reason)
-        if live.task is not None:
-            await asyncio.wait([live.task])
+        await live.ready.wait()
+        if live.task is None:
+            raise SessionNotFound(f"no session {session_id}")  # its record was never written
+        await asyncio.wait([live.task])
         if live.finishing is not None:
             await asyncio.wait([live.finishing])
         return await self.get(session_id, owner)
@@ -323,7 +369,23 @@ class SessionManager:
         record = await self._store.get(session_id)
         if record is None or (owner is not None and record.owner != owner):
             raise SessionNotFound(f"no session {session_id}")
-        return record
+        return self._settled(record)
+
+    def _settled(self, record: SessionRecord) -> SessionRecord:
+        """The record as it is, though its outcome may not have reached the store yet."""
+        pending = self._unsettled.get(record.id)
+        if pending is None:
+            return record
+        terminal, changes = pending
+        return replace(
+            record,
+            status=changes.status or record.status,
+            ended_at=changes.ended_at,
+            answer=changes.answer,
+            citations=changes.citations or [],
+            error=changes.error,
+            last_seq=max(record.last_seq, terminal.seq),
+        )
 
     async def list_sessions(
         self,
@@ -333,13 +395,14 @@ class SessionManager:
         status: SessionStatus | None,
         owner: str | None,
     ) -> tuple[list[SessionRecord], int]:
-        return await self._store.list_sessions(
+        records, total = await self._store.list_sessions(
             limit=limit, offset=offset, status=status, owner=owner
         )
+        return [self._settled(record) for record in records], total
 
     async def conversation(self, conversation_id: str, owner: str | None) -> list[SessionRecord]:
         """A conversation's turns, first first; ``SessionNotFound`` if it is not the caller's."""
-        turns = await self._store.conversation(conversation_id)
+        turns = [self._settled(t) for t in await self._store.conversation(conversation_id)]
         if not turns or (owner is not None and turns[0].owner != owner):
             raise SessionNotFound(f"no conversation {conversation_id}")
         return turns
@@ -371,9 +434,18 @@ class SessionManager:
         view = WireView(session_id, deltas=deltas)
         live = self._live.get(session_id)
         if live is None:
-            for row in await self._read(view, session_id, after):
+            last = after
+            async for row in self._rows(view, session_id, after):
                 for sent in view.feed(row):
                     yield sent
+                last = row.seq
+                if row.type in TERMINAL_TYPES:
+                    break
+            else:
+                pending = self._unsettled.get(session_id)
+                if pending is not None and pending[0].seq > last:
+                    for sent in view.feed(pending[0]):  # ended; its outcome not yet stored
+                        yield sent
             for sent in view.flush():
                 yield sent
             return
@@ -385,10 +457,24 @@ class SessionManager:
         finally:
             self._detach(live, listener)
 
+    async def _rows(
+        self, view: WireView, session_id: str, after: int
+    ) -> AsyncIterator[StoredEvent]:
+        """The stored rows after ``after``, a page at a time (a long session's events
+        are never all in memory at once); ``view`` primed from the first page."""
+        rows = await self._read(view, session_id, after)
+        while rows:
+            for row in rows:
+                yield row
+            if len(rows) < READ_PAGE:
+                return
+            rows = await self._store.events(session_id, rows[-1].seq, READ_PAGE)
+
     async def _read(self, view: WireView, session_id: str, after: int) -> list[StoredEvent]:
-        """The stored rows after ``after``, with ``view`` primed by the earlier rows
-        its streamed text needs (the start of a reasoning round cut at ``after``)."""
-        rows = await self._store.events(session_id, after)
+        """The first page of stored rows after ``after``, with ``view`` primed by the
+        earlier rows its streamed text needs (the start of a reasoning round cut at
+        ``after``)."""
+        rows = await self._store.events(session_id, after, READ_PAGE)
         starts = []
         for kind in ACCUMULATED:
             first = next((row for row in rows if row.type == kind), None)
@@ -396,7 +482,7 @@ class SessionManager:
             if since is not None and since <= after:
                 starts.append(since)
         if starts:
-            earlier = await self._store.events(session_id, min(starts) - 1)
+            earlier = await self._store.events(session_id, min(starts) - 1, after - min(starts) + 1)
             view.prime([row for row in earlier if row.seq <= after])
         return rows
 
@@ -415,33 +501,35 @@ class SessionManager:
                 catch_up = listener.lagging = False
                 while not listener.queue.empty():
                     listener.queue.get_nowait()
-                if primed:
-                    rows = await self._store.events(live.id, last)
-                else:
-                    rows, primed = await self._read(view, live.id, last), True
-                for row in rows:
-                    for out in view.feed(row):
-                        yield out
-                    last = row.seq
-                    if row.type in TERMINAL_TYPES:
-                        return
-                if live.id not in self._live and listener.queue.empty():
-                    for out in view.flush():
-                        yield out
-                    return  # it ended, and its terminal event never reached the store
-            try:
-                async with asyncio.timeout(idle):
-                    row = await listener.queue.get()
-            except TimeoutError:
-                if live.id not in self._live and listener.queue.empty():
-                    # Ended without a terminal reaching us (its write failed):
-                    # whatever the store has is all there will be.
-                    for row in await self._store.events(live.id, last):
+                while True:  # the store, a page at a time
+                    if primed:
+                        rows = await self._store.events(live.id, last, READ_PAGE)
+                    else:
+                        rows, primed = await self._read(view, live.id, last), True
+                    for row in rows:
                         for out in view.feed(row):
+                            yield out
+                        last = row.seq
+                        if row.type in TERMINAL_TYPES:
+                            return
+                    if len(rows) < READ_PAGE:
+                        break
+                if live.terminal is not None:
+                    # It ended, and its terminal event is not in the store (the write
+                    # failed, or is still being retried): it is the last event anyway.
+                    if live.terminal.seq > last:
+                        for out in view.feed(live.terminal):
                             yield out
                     for out in view.flush():
                         yield out
                     return
+            try:
+                async with asyncio.timeout(idle):
+                    row = await listener.queue.get()
+            except TimeoutError:
+                if live.terminal is not None:
+                    catch_up = True  # ended without its terminal reaching this queue
+                    continue
                 yield None
                 continue
             if row.seq <= last:
@@ -483,14 +571,58 @@ class SessionManager:
             log.info("%s no client came back: cancelling", live.tag)
             self._cancel(live, "cancelled: no client followed the session")
 
+    # -- outcomes the store could not take ----------------------------------------------------
+
+    def _unsettle(self, session_id: str, terminal: StoredEvent, changes: SessionChanges) -> None:
+        self._unsettled[session_id] = (terminal, changes)
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_forever(), name="settle")
+
+    @property
+    def unsettled_count(self) -> int:
+        return len(self._unsettled)
+
+    async def _settle_forever(self) -> None:
+        while self._unsettled:
+            await asyncio.sleep(SETTLE_EVERY)
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Offer each unstored outcome to the store again (once space is back it takes
+        them, and the records say how the sessions ended)."""
+        for session_id, (terminal, changes) in list(self._unsettled.items()):
+            try:
+                await self._store.append(session_id, [terminal], changes)
+            except Exception as exc:
+                log.debug("[session %s] outcome still not stored: %s", session_id[:8], exc)
+                continue
+            self._unsettled.pop(session_id, None)
+            log.info("[session %s] outcome stored after a failed write", session_id[:8])
+
     # -- running ----------------------------------------------------------------------------
 
     async def _emit(
         self, live: _LiveSession, event: Event, changes: SessionChanges | None = None
     ) -> None:
-        live.seq += 1
-        stored = live.compactor.row(live.seq, event)
-        await self._store.append(live.id, [stored], changes)
+        # The number is taken only once the event is stored: a failed write leaves
+        # no gap, and the session ends (StorageFailure) with the next number.
+        # Streamed text is stored as a delta against the rows stored before it: the
+        # compactor moves on only with the number (a failed write moves neither).
+        seq = live.seq + 1
+        stored = live.compactor.row(seq, event)
+        try:
+            await self._store.append(live.id, [stored], changes)
+        except asyncio.CancelledError:
+            live.seq = seq  # the write goes on without us and may land: never reuse it
+            live.compactor.commit()
+            raise
+        except Exception as exc:
+            log.error("%s the store could not save a %s event: %s", live.tag, event.type, exc)
+            raise StorageFailure(
+                f"the session store could not save this session's events ({exc})"
+            ) from exc
+        live.seq = seq
+        live.compactor.commit()
         self._fan_out(live, stored)
 
     def _fan_out(self, live: _LiveSession, stored: StoredEvent) -> None:
@@ -593,16 +725,15 @@ class SessionManager:
         )
         live.seq += 1
         stored = StoredEvent(live.seq, terminal.type, terminal.model_dump_json())
+        live.terminal = stored
         try:
             await self._store.append(live.id, [stored], changes)
-        except Exception:
-            log.exception("%s could not store its outcome; retrying once", live.tag)
-            try:
-                await self._store.append(live.id, [stored], changes)
-            except Exception:
-                log.exception("%s outcome not stored; followers still get it", live.tag)
+        except Exception as exc:
+            # Its followers still get the terminal event, and the record reads as
+            # ended; the store is offered the outcome again until it takes it.
+            log.error("%s outcome not stored (%s); will retry", live.tag, exc)
+            self._unsettle(live.id, stored, changes)
         finally:
-            # Followers always get the terminal event, stored or not.
             self._fan_out(live, stored)
             if live.grace is not None:
                 live.grace.cancel()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,8 +11,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
@@ -21,10 +26,26 @@ from deepresearch.errors import ClientError, Overloaded
 from deepresearch.llm.base import ChatModel
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.server import conversations, openai_facade
-from deepresearch.server.deps import Owner, Svc, Unauthorized, client_of
+from deepresearch.server.auth import Forbidden, Principal, load_keyring
+from deepresearch.server.deps import Caller, Owner, Svc, Unauthorized, client_of, identify
 from deepresearch.server.following import wait_for_end
+from deepresearch.server.limits import (
+    MAX_OFFSET,
+    BodyLimit,
+    RateLimiter,
+    parse_last_event_id,
+    read_json,
+)
 from deepresearch.server.openai_facade import OpenAIError, error_body
+from deepresearch.server.openapi import (
+    CHAT_RESPONSES,
+    ERROR_RESPONSES,
+    chat_body,
+    complete_openapi,
+    event_stream,
+)
 from deepresearch.server.schemas import ChatRequest
+from deepresearch.server.security import add_browser_guards
 from deepresearch.server.sse import sse_bytes
 from deepresearch.server.views import detail, summary
 from deepresearch.services import Services, ToolsFactory, default_tools, open_services
@@ -32,18 +53,15 @@ from deepresearch.sessions.records import SessionStatus
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-router = APIRouter()
+audit = logging.getLogger("deepresearch.audit")
+
+router = APIRouter(responses=ERROR_RESPONSES)
 STATIC = Path(__file__).parent / "static"
 
 
 async def parse_chat(request: Request, svc: Services) -> ChatRequest:
     """The body, validated; the question's length against the configured limit."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {exc}"}]
-        ) from exc
+    body = await read_json(request, svc.settings.max_json_depth)
     if not isinstance(body, dict):
         raise RequestValidationError([{"loc": ("body",), "msg": "the body must be a JSON object"}])
     try:
@@ -58,18 +76,20 @@ async def parse_chat(request: Request, svc: Services) -> ChatRequest:
     return chat
 
 
-async def start(request: Request, svc: Services, who: str | None) -> str:
+async def start(request: Request, svc: Services, caller: Principal) -> str:
     chat = await parse_chat(request, svc)
-    return await svc.manager.start(
+    session_id = await svc.manager.start(
         SessionRequest(
             question=chat.question,
             generation=chat.generation(),
             session_id=chat.session_id,
             on_disconnect=chat.on_disconnect,
-            owner=who,
+            owner=caller.owner,
             client=client_of(request),
         )
     )
+    audit.info("audit: %s (%s) started session %s", caller.name, caller.role, session_id)
+    return session_id
 
 
 def stream(svc: Services, session_id: str, after: int, deltas: bool) -> StreamingResponse:
@@ -84,17 +104,23 @@ def stream(svc: Services, session_id: str, after: int, deltas: bool) -> Streamin
 Deltas = Annotated[bool, Query(description="stream reasoning and answer text as deltas only")]
 
 
-@router.post("/chat/stream")
+@router.post(
+    "/chat/stream",
+    response_class=StreamingResponse,
+    openapi_extra=chat_body(),
+    responses=event_stream(),
+)
 async def chat_stream(
-    request: Request, svc: Svc, who: Owner, deltas: Deltas = False
+    request: Request, svc: Svc, caller: Caller, deltas: Deltas = False
 ) -> StreamingResponse:
-    session_id = await start(request, svc, who)
+    session_id = await start(request, svc, caller)
     return stream(svc, session_id, 0, deltas)
 
 
-@router.post("/chat")
-async def chat(request: Request, svc: Svc, who: Owner) -> Response:
-    session_id = await start(request, svc, who)
+@router.post("/chat", openapi_extra=chat_body(), responses=CHAT_RESPONSES)
+async def chat(request: Request, svc: Svc, caller: Caller) -> Response:
+    who = caller.scope
+    session_id = await start(request, svc, caller)
     record = await wait_for_end(request, svc, session_id, who)
     return JSONResponse(
         {
@@ -114,23 +140,39 @@ async def page() -> FileResponse:
 
 
 @router.get("/health")
-async def health(svc: Svc) -> dict[str, Any]:
+async def health(
+    request: Request, svc: Svc, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    """Status and counts for anyone; details (backends, reasons) for an admin key, or
+    for everyone when keys are off."""
     admission = svc.admission
-    return {
+    states = svc.model.states() if svc.model is not None else []
+    sandbox = svc.sandbox
+    answer: dict[str, Any] = {
         "status": "healthy",
         "agent_config_initialized": True,
         "active_sessions": admission.busy,
         "queued_sessions": admission.queued,
         "max_concurrent": admission.max_concurrent,
-        "max_queue": admission.max_queue,
         "lock_acquired": admission.saturated,
-        "mode": "offline" if svc.model is None else "llm",
-        "llm": {
-            "configured": svc.model is not None,
-            "backends": [vars(state) for state in svc.model.states()] if svc.model else [],
+        "llm": {"backends": len(states), "healthy": sum(1 for s in states if s.healthy)},
+        "index": {
+            "building": svc.index_state.building,
+            "documents": svc.index_state.documents,
         },
-        "index": svc.index_state.public(),
+        "code_execution": sandbox.available is True,
     }
+    caller = identify(request, authorization)
+    if caller is not None and caller.is_admin:
+        answer["max_queue"] = admission.max_queue
+        answer["mode"] = "offline" if svc.model is None else "llm"
+        answer["llm"] |= {
+            "configured": svc.model is not None,
+            "backends": [vars(state) for state in states],
+        }
+        answer["index"] = svc.index_state.public()
+        answer["code_execution_reason"] = sandbox.reason or None
+    return answer
 
 
 @router.get("/sessions")
@@ -138,7 +180,7 @@ async def sessions(
     svc: Svc,
     who: Owner,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: SessionStatus | None = None,
 ) -> dict[str, Any]:
     records, total = await svc.manager.list_sessions(
@@ -157,7 +199,9 @@ async def session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
     return detail(await svc.manager.get(session_id, who))
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get(
+    "/sessions/{session_id}/events", response_class=StreamingResponse, responses=event_stream()
+)
 async def session_events(
     session_id: str,
     svc: Svc,
@@ -165,25 +209,22 @@ async def session_events(
     last_event_id: Annotated[str | None, Header()] = None,
     deltas: Deltas = False,
 ) -> StreamingResponse:
+    after = parse_last_event_id(last_event_id)
     await svc.manager.get(session_id, who)
-    after = 0
-    if last_event_id is not None:
-        if not re.fullmatch(r"[0-9]+", last_event_id.strip()):
-            raise RequestValidationError(
-                [{"loc": ("Last-Event-ID",), "msg": "must be an event sequence number"}]
-            )
-        after = int(last_event_id)
     return stream(svc, session_id, after, deltas)
 
 
 @router.delete("/sessions/{session_id}")
-async def cancel(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    record = await svc.manager.cancel(session_id, who, "cancelled by the client")
+async def cancel(session_id: str, svc: Svc, caller: Caller) -> dict[str, Any]:
+    record = await svc.manager.cancel(session_id, caller.scope, "cancelled by the client")
+    audit.info("audit: %s (%s) cancelled session %s", caller.name, caller.role, session_id)
     return detail(record)
 
 
-@router.get("/metrics")
-async def metrics(svc: Svc, who: Owner) -> Response:
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(svc: Svc, caller: Caller) -> Response:
+    if not caller.is_admin:
+        raise Forbidden("the metrics are for admin keys")
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -217,16 +258,14 @@ def create_app(
             app.state.services = services
             yield
 
+    keyring = load_keyring(settings.api_keys, settings.keys_file)
     app = FastAPI(title="deepresearch", version="0.1.0", lifespan=lifespan)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            # Any request header: OpenAI's browser SDK adds its own (x-stainless-*).
-            allow_headers=["*"],
-            expose_headers=["Retry-After", "X-Session-Id"],
-        )
+    app.state.keyring = keyring
+    app.state.rate_limiter = RateLimiter(settings.rate_per_minute)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
+    )
+    add_browser_guards(app, settings, keyring.enabled)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -239,7 +278,8 @@ def create_app(
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if isinstance(exc, Overloaded):
             request.app.state.services.metrics.rejected.inc()
         content: dict[str, Any] = {"error": str(exc)}
@@ -260,4 +300,5 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(conversations.router)
     app.include_router(openai_facade.router)
+    complete_openapi(app, settings.max_question_chars)
     return app

@@ -19,10 +19,12 @@ from fastapi.responses import JSONResponse
 from deepresearch.errors import SessionNotFound
 from deepresearch.events import utc_now
 from deepresearch.server.deps import Owner, Svc, client_of
+from deepresearch.server.limits import MAX_OFFSET
+from deepresearch.server.openapi import ERROR_RESPONSES
 from deepresearch.server.views import conversation, conversation_summary
 from deepresearch.sessions.records import SessionRecord
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 # "7" (a bare number, as the note's front end sends it) or "SESSION_ID:7".
 CITATION_ID = re.compile(r"(?:(?P<session>[A-Za-z0-9][A-Za-z0-9_-]{7,63}):)?(?P<number>[0-9]{1,6})")
@@ -42,7 +44,7 @@ async def list_conversations(
     svc: Svc,
     who: Owner,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     found, total = await svc.manager.list_conversations(limit=limit, offset=offset, owner=who)
     return {

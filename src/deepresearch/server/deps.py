@@ -1,4 +1,4 @@
-"""What routes depend on: the services, the caller's identity, the caller's address."""
+"""What routes depend on: the services, the caller (key and role), the caller's address."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from deepresearch.runtime.manager import owner_of
+from deepresearch.server.auth import ANONYMOUS, KeyRing, Principal
+from deepresearch.server.limits import RateLimiter
 from deepresearch.services import Services
 
 
@@ -23,20 +24,38 @@ async def get_services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(get_services)]
 
 
-def key_of(authorization: str | None) -> str | None:
+def identify(request: Request, authorization: str | None) -> Principal | None:
+    """The caller named by ``authorization``: ``ANONYMOUS`` with keys off, ``None``
+    for a missing or unknown key."""
+    keyring: KeyRing = request.app.state.keyring
+    if not keyring.enabled:
+        return ANONYMOUS
     scheme, _, key = (authorization or "").partition(" ")
-    return key if scheme.lower() == "bearer" and key else None
-
-
-async def get_owner(svc: Svc, authorization: Annotated[str | None, Header()] = None) -> str | None:
-    """The caller's identity when client keys are on; 401 without a valid key."""
-    keys = svc.settings.api_keys
-    if not keys:
+    if scheme.lower() != "bearer":
         return None
-    key = key_of(authorization)
-    if key is None or key not in keys:
+    return keyring.identify(key.strip())
+
+
+async def get_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """The caller; 401 without a valid key when keys are on, 429 past its rate."""
+    caller = identify(request, authorization)
+    if caller is None:
         raise Unauthorized()
-    return owner_of(key)
+    if caller.owner is not None:
+        limiter: RateLimiter = request.app.state.rate_limiter
+        limiter.take(caller.name)
+    return caller
+
+
+Caller = Annotated[Principal, Depends(get_caller)]
+
+
+async def get_owner(caller: Caller) -> str | None:
+    """Whose sessions the caller may see: its own, or everyone's (``None``: an admin,
+    or keys off). Sessions the caller starts are owned by ``caller.owner``."""
+    return caller.scope
 
 
 Owner = Annotated[str | None, Depends(get_owner)]

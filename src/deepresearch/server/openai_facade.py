@@ -11,6 +11,7 @@ session, admitted like ``/chat/stream``; its id is in the ``X-Session-Id`` heade
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
@@ -36,13 +37,16 @@ from deepresearch.events import (
 )
 from deepresearch.llm.base import estimate_tokens
 from deepresearch.runtime.manager import SessionRequest
-from deepresearch.server.deps import Owner, Svc, client_of
+from deepresearch.server.deps import Caller, Owner, Svc, client_of
 from deepresearch.server.following import wait_for_end
+from deepresearch.server.limits import read_json
+from deepresearch.server.openapi import OPENAI_ERROR_RESPONSES, inline_schema
 from deepresearch.sessions.records import STATUS_BY_TERMINAL_EVENT, SessionRecord
 
 MODEL = "deepresearch"
+audit = logging.getLogger("deepresearch.audit")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=OPENAI_ERROR_RESPONSES)
 
 
 class OpenAIError(ClientError):
@@ -106,6 +110,20 @@ class CompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=131_072)
 
 
+def completion_body() -> dict[str, Any]:
+    schema = inline_schema(CompletionRequest.model_json_schema())
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# A completion as JSON, or (``"stream": true``) its chunks as server-sent events.
+COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the completion, or its chunks when streamed",
+        "content": {"application/json": {"schema": {}}, "text/event-stream": {"schema": {}}},
+    }
+}
+
+
 def _conversation(messages: list[_Message]) -> tuple[str, tuple[Exchange, ...]]:
     """The question (the last user message) and the earlier question/answer pairs."""
     if messages[-1].role != "user" or not messages[-1].text().strip():
@@ -123,11 +141,9 @@ def _conversation(messages: list[_Message]) -> tuple[str, tuple[Exchange, ...]]:
     return messages[-1].text().strip(), tuple(history)
 
 
-async def _parse(request: Request) -> CompletionRequest:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OpenAIError(400, f"the body is not valid JSON: {exc}", param="body") from exc
+async def _parse(request: Request, max_depth: int) -> CompletionRequest:
+    # JSON only, nested no deeper than the limit; a bad body is a 400 naming ``body``.
+    body = await read_json(request, max_depth)
     try:
         parsed = CompletionRequest.model_validate(body)
     except ValidationError as exc:
@@ -152,9 +168,10 @@ async def models(who: Owner) -> dict[str, Any]:
     }
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request, svc: Svc, who: Owner) -> Response:
-    body = await _parse(request)
+@router.post("/chat/completions", openapi_extra=completion_body(), responses=COMPLETION_RESPONSES)
+async def chat_completions(request: Request, svc: Svc, caller: Caller) -> Response:
+    who = caller.scope
+    body = await _parse(request, svc.settings.max_json_depth)
     question, history = _conversation(body.messages)
     limit = svc.settings.max_question_chars
     if len(question) > limit:
@@ -168,11 +185,12 @@ async def chat_completions(request: Request, svc: Svc, who: Owner) -> Response:
                 "presence_penalty": body.presence_penalty,
                 "max_tokens": body.max_completion_tokens or body.max_tokens,
             },
-            owner=who,
+            owner=caller.owner,
             client=client_of(request),
             history=history,
         )
     )
+    audit.info("audit: %s (%s) started session %s", caller.name, caller.role, session_id)
     headers = {"X-Session-Id": session_id}
     prompt_tokens = estimate_tokens([{"role": "user", "content": m.text()} for m in body.messages])
     if body.stream:

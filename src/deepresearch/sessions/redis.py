@@ -378,9 +378,11 @@ class RedisSessionStore:
             found += await self._records(ids)
         return found
 
-    async def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
+    async def events(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
         entries: list[tuple[str, dict[str, str]]] = await self.client.xrange(
-            self.keys.events(session_id), min=f"({after}-0", max="+"
+            self.keys.events(session_id), min=f"({after}-0", max="+", count=limit
         )
         return [stream_event(entry_id, fields) for entry_id, fields in entries]
 

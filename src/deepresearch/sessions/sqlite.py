@@ -16,7 +16,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,6 +84,16 @@ SELECT_COLUMNS = (
     f"{COLUMNS}, (SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = sessions.id)"
 )
 FINISHED_SQL = "status NOT IN ('queued', 'processing')"
+# Retention deletes this many sessions per transaction, so appends wait behind one
+# small transaction at a time, never behind the whole clean-up.
+PRUNE_BATCH = 200
+# The WAL is cut back to this size after each checkpoint (it grows unbounded otherwise
+# while a long read holds back a checkpoint, and a full disk needs the space back).
+WAL_LIMIT_BYTES = 4 * 2**20
+
+# A fault injected by tests, run inside each write transaction just before COMMIT
+# (``SqliteSessionStore.fault``): it raises to make the write fail as a full disk would.
+Fault = Callable[[], None]
 
 
 @dataclass
@@ -150,16 +160,26 @@ def _row(record: SessionRecord) -> tuple[Any, ...]:
     )
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Leave no transaction open, whatever failed: every later write would fail in it."""
+    if db.in_transaction:
+        with suppress(sqlite3.Error):  # SQLite may have rolled back itself (SQLITE_FULL)
+            db.execute("ROLLBACK")
+
+
 @contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """One explicit transaction (the connection is in autocommit mode otherwise)."""
+def _transaction(db: sqlite3.Connection, fault: Fault | None = None) -> Iterator[None]:
+    """One explicit transaction (the connection is in autocommit mode otherwise);
+    rolled back when anything in it fails, the ``COMMIT`` included."""
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        if fault is not None:
+            fault()
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
-    db.execute("COMMIT")
 
 
 def _write_one(db: sqlite3.Connection, write: _Write) -> None:
@@ -178,11 +198,13 @@ def _write_one(db: sqlite3.Connection, write: _Write) -> None:
         _apply_changes(db, write.session_id, write.changes)
 
 
-def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> list[Exception | None]:
+def _write_batch(
+    db: sqlite3.Connection, *, batch: Batch, fault: Fault | None = None
+) -> list[Exception | None]:
     """All writes in one transaction; if that fails, each in its own, so one
     caller's bad write fails that caller alone. Returns each write's failure."""
     try:
-        with _transaction(db):
+        with _transaction(db, fault):
             for write in batch:
                 _write_one(db, write)
         return [None] * len(batch)
@@ -191,12 +213,21 @@ def _write_batch(db: sqlite3.Connection, *, batch: Batch) -> list[Exception | No
     failures: list[Exception | None] = []
     for write in batch:
         try:
-            with _transaction(db):
+            with _transaction(db, fault):
                 _write_one(db, write)
             failures.append(None)
         except sqlite3.Error as exc:
             failures.append(exc)
+    if any(failures):
+        _give_back_space(db)
     return failures
+
+
+def _give_back_space(db: sqlite3.Connection) -> None:
+    """After a failed write (a full disk, most likely): checkpoint and cut the WAL
+    back, so space the database no longer needs goes back to the filesystem."""
+    with suppress(sqlite3.Error):
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _change_columns(changes: SessionChanges) -> dict[str, Any]:
@@ -229,26 +260,26 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.executescript(AFTER_MIGRATIONS)
 
 
-def _doomed_conversations(db: sqlite3.Connection, cutoff: str, keep: int) -> tuple[list[str], int]:
-    """The conversations retention deletes, and how many sessions they hold."""
+def _doomed_conversations(db: sqlite3.Connection, cutoff: str, keep: int) -> list[tuple[str, int]]:
+    """The conversations retention deletes, newest first, each with how many
+    sessions it holds."""
     rows = db.execute(
         "SELECT conversation_id, MAX(created_at), "
         f"SUM(CASE WHEN {FINISHED_SQL} THEN 0 ELSE 1 END), COUNT(*) "
         "FROM sessions GROUP BY conversation_id ORDER BY MAX(created_at) DESC"
     )
-    doomed: list[str] = []
-    sessions = kept = 0
+    doomed: list[tuple[str, int]] = []
+    kept = 0
     full = False
     for conversation_id, latest, unfinished, count in rows:
         if unfinished:
             continue
         full = full or kept + count > keep
         if full or latest < cutoff:
-            doomed.append(conversation_id)
-            sessions += count
+            doomed.append((conversation_id, count))
         else:
             kept += count
-    return doomed, sessions
+    return doomed
 
 
 class SqliteSessionStore:
@@ -261,6 +292,7 @@ class SqliteSessionStore:
         self._pending: Batch = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock: IO[str] | None = None
+        self.fault: Fault | None = None  # tests: make writes fail as a full disk would
         self._appended = AppendSignal()  # wakes `tail` readers after each commit
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -271,6 +303,7 @@ class SqliteSessionStore:
         # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA busy_timeout = 5000")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         return db
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -353,7 +386,9 @@ class SqliteSessionStore:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    failures = await self._write(functools.partial(_write_batch, batch=batch))
+                    failures = await self._write(
+                        functools.partial(_write_batch, batch=batch, fault=self.fault)
+                    )
                 except Exception as exc:  # the writer thread itself failed
                     failures = [exc] * len(batch)
                 for write, failure in zip(batch, failures, strict=True):
@@ -372,23 +407,40 @@ class SqliteSessionStore:
         await self.append(session_id, (), changes)
 
     async def prune(self, *, older_than: datetime, keep: int) -> int:
+        """Delete old finished sessions, ``PRUNE_BATCH`` per transaction: between
+        batches the writer takes the waiting appends, so live sessions never wait
+        behind the whole clean-up."""
         cutoff = older_than.isoformat()
 
-        def delete(db: sqlite3.Connection) -> int:
-            with _transaction(db):
-                doomed, sessions = _doomed_conversations(db, cutoff, keep)
-                for start in range(0, len(doomed), 500):
-                    chunk = doomed[start : start + 500]
-                    marks = ", ".join("?" * len(chunk))
+        def delete_some(db: sqlite3.Connection) -> tuple[int, bool]:
+            """Whole conversations, oldest first, up to ``PRUNE_BATCH`` sessions (at
+            least one conversation); and whether doomed ones are left. Chosen afresh
+            in each transaction: a follow-up asked meanwhile keeps its conversation."""
+            with _transaction(db, self.fault):
+                doomed = _doomed_conversations(db, cutoff, keep)
+                batch: list[str] = []
+                sessions = 0
+                while doomed and (not batch or sessions + doomed[-1][1] <= PRUNE_BATCH):
+                    conversation_id, count = doomed.pop()
+                    batch.append(conversation_id)
+                    sessions += count
+                if batch:
+                    marks = ", ".join("?" * len(batch))
                     db.execute(
                         "DELETE FROM events WHERE session_id IN "
                         f"(SELECT id FROM sessions WHERE conversation_id IN ({marks}))",
-                        chunk,
+                        batch,
                     )
-                    db.execute(f"DELETE FROM sessions WHERE conversation_id IN ({marks})", chunk)
-                return sessions
+                    db.execute(f"DELETE FROM sessions WHERE conversation_id IN ({marks})", batch)
+                return sessions, bool(doomed)
 
-        return await self._write(delete)
+        removed = 0
+        while True:
+            count, more = await self._write(delete_some)
+            removed += count
+            if not more:
+                return removed
+            await asyncio.sleep(0)  # let the flusher's next batch in
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -508,11 +560,14 @@ class SqliteSessionStore:
 
         return await self._read(fetch)
 
-    async def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
+    async def events(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
         def fetch(db: sqlite3.Connection) -> list[StoredEvent]:
             rows = db.execute(
-                "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? ORDER BY seq",
-                (session_id, after),
+                "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (session_id, after, -1 if limit is None else limit),
             )
             return [StoredEvent(seq, type_, data) for seq, type_, data in rows]
 

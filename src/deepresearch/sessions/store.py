@@ -54,8 +54,10 @@ class SessionStore(Protocol):
     async def unfinished(self) -> list[SessionRecord]:
         """Sessions still ``queued`` or ``processing`` (after a crash: interrupted ones)."""
 
-    async def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
-        """The session's events with ``seq > after``, in order."""
+    async def events(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """The session's events with ``seq > after``, in order; at most ``limit``."""
 
     async def conversation(self, conversation_id: str) -> list[SessionRecord]:
         """The sessions of a conversation (its turns), first turn first; empty if none."""

@@ -1,30 +1,34 @@
-"""Runs untrusted Python in a throw-away child: no network, bounded CPU, memory and disk.
+"""Runs untrusted Python in a throw-away bubblewrap sandbox that holds whoever runs the server.
 
-The child is ``unshare -rnmp --fork --kill-child --mount-proc python -I -c BOOTSTRAP``:
+The child is ``bwrap`` (Debian's ``bubblewrap``; ``make install`` installs it) with:
 
-- network namespace: only a loopback interface that is down, so nothing is reachable,
-  not even the server's own ports on 127.0.0.1;
-- pid namespace with a fresh /proc: the code sees only its own processes (not the
-  server's environment in /proc/<pid>/environ), and killing ``unshare`` kills them all,
-  even ones that left our process group;
-- mount namespace: small tmpfs mounts over /tmp, /var/tmp, /dev/shm and the scratch
-  working directory, so writes there cannot fill the server's disk and vanish afterwards;
-- rlimits set by the bootstrap (pid 1) in the child it execs the code in: CPU seconds,
-  address space, file size, process count, no core dumps. The code cannot raise the hard
-  limits (a user namespace grants no CAP_SYS_RESOURCE over the host);
-- a minimal environment (nothing of the server's), ``-I`` isolated mode, stdin closed,
-  and a wall-clock deadline after which the whole group is killed.
+- every namespace new (user, mount, pid, network, ipc, uts, cgroup): no network at
+  all (not even the server's ports on 127.0.0.1), only its own processes;
+- a root of its own: ``/usr`` read-only (so Debian's ``/usr/bin/python3`` and its
+  standard library), a fresh ``/proc`` and a minimal ``/dev``, and nothing else of
+  the host: not the data dir, not the checkout or its virtualenv, not ``/etc`` (so
+  no ``/etc/shadow``), not the host's ``/tmp``. Where the project lives does not
+  matter, ``/tmp`` included;
+- a private scratch ``/tmp``: a tmpfs limited in size and in number of files, so
+  neither big files nor many small ones can fill memory or a disk;
+- no capabilities: the bootstrap mounts the scratch space, then empties the
+  capability bounding, inheritable and ambient sets before it runs the code, so
+  the code cannot undo or add a mount, and an exec cannot give any back;
+- rlimits: CPU seconds, address space, file size, processes (threads included),
+  no core dumps; a wall-clock deadline after which the whole sandbox is killed
+  (``--die-with-parent``: killing ``bwrap`` ends everything inside it);
+- an empty environment but for PATH, HOME and LANG; stdin at end of file; its own
+  session (``--new-session``: no reaching the server's terminal).
 
-What it cannot prevent: reading files the server's user can read (run the server as an
-unprivileged user, or pass ``run_as`` when it runs as root); writing where that user may
-write outside the tmpfs mounts; using ``cpu_seconds`` of CPU and ``memory_mb`` of memory
-per process, for up to ``max_processes`` processes. RLIMIT_NPROC does not bind real root
-(the kernel exempts uid 0), so as root a fork bomb is only ended by the CPU and wall
-limits unless ``run_as`` drops to another user, whose interpreter must be readable by
-that user (``/usr/bin/python3``, say, when the venv lives under /root).
+Who the code runs as, outside: a server running as root drops to ``nobody``
+(``setpriv``) before ``bwrap``, so even a kernel bug in the namespace code meets an
+unprivileged user. A server running as another user would run code as itself;
+that is refused unless the operator opts in (``DEEPRESEARCH_PYTHON_SAME_USER``):
+the sandbox still shows it none of the host's files, but its processes would count
+against the server's own process limit and share its user's kernel-level identity.
 
-The venv's site-packages stay importable (``-I`` without ``-S``): handy for math, and
-nothing in them gives the code more than it already has.
+Where anything is missing (``bwrap``, user namespaces, the interpreter) the start-up
+check fails, the reason is logged and shown in ``/health``, and no code runs.
 """
 
 from __future__ import annotations
@@ -35,56 +39,48 @@ import os
 import pwd
 import shutil
 import signal
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-
 from deepresearch.errors import ToolFailure
 
-UNAVAILABLE = (
-    "the Python sandbox is unavailable on this server (unshare -rn failed), so code is not run"
-)
+UNAVAILABLE = "the Python sandbox is unavailable on this server, so code is not run"
 CHUNK = 65536
 FLOOD_BYTES = 1_000_000  # drained past the cap so a trailing traceback still arrives; then kill
+SYSTEM_PYTHON = "/usr/bin/python3"
+NOBODY = "nobody"
 
-# Runs as pid 1 inside the namespaces: makes the mounts, then runs the code under rlimits.
+# Runs inside bwrap as the namespace's root (which is nobody, or the server's user,
+# outside): mounts the scratch space, drops every capability, sets the limits, then
+# becomes the code. The code arrives on stdin.
 BOOTSTRAP = """
 import ctypes, os, resource, sys
-cpu, mem, fsize, nproc = (int(a) for a in sys.argv[1:5])
-cwd = os.getcwd()
-with open("main.py", "rb") as f:
-    code = f.read()
+cpu, mem, fsize, nproc, nfiles = (int(a) for a in sys.argv[1:6])
+code = sys.stdin.buffer.read()
 libc = ctypes.CDLL(None, use_errno=True)
-def tmpfs(target):
-    opts = f"size={fsize}m,mode=1777".encode()
-    if libc.mount(b"tmpfs", target.encode(), b"tmpfs", 2 | 4, opts) != 0:  # nosuid, nodev
-        raise OSError(ctypes.get_errno(), "sandbox: cannot mount tmpfs on " + target)
-for target in ("/tmp", "/var/tmp", "/dev/shm"):
-    if os.path.isdir(target):
-        tmpfs(target)
-if os.path.isdir(cwd):
-    tmpfs(cwd)
-else:
-    os.makedirs(cwd)  # it was under /tmp, now inside the new tmpfs
-os.chdir(cwd)
+opts = f"size={fsize}m,nr_inodes={nfiles},mode=1777".encode()
+if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 2 | 4, opts) != 0:  # nosuid, nodev
+    raise OSError(ctypes.get_errno(), "sandbox: cannot mount the scratch space")
+os.chdir("/tmp")
 with open("main.py", "wb") as f:
     f.write(code)
+null = os.open("/dev/null", os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
+for cap in range(64):
+    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP: no exec can grant it again
+libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+empty = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: none
+if libc.capset(header, empty) != 0:
+    raise OSError(ctypes.get_errno(), "sandbox: cannot drop capabilities")
 limits = {resource.RLIMIT_CPU: (cpu, cpu + 1), resource.RLIMIT_AS: (mem * 2**20,) * 2,
           resource.RLIMIT_FSIZE: (fsize * 2**20,) * 2, resource.RLIMIT_NPROC: (nproc, nproc),
           resource.RLIMIT_CORE: (0, 0)}
-# The code runs in a child: pid 1 ignores signals it has no handler for (SIGXCPU too),
-# and its death ends every process it left behind.
-pid = os.fork()
-if pid == 0:
-    for limit, values in limits.items():
-        resource.setrlimit(limit, values)
-    os.execv(sys.executable, [sys.executable, "-I", "-u", "main.py"])
-code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-os._exit(128 - code if code < 0 else code)  # a death by signal n exits 128 + n, as in a shell
+for limit, values in limits.items():
+    resource.setrlimit(limit, values)
+os.execv(sys.executable, [sys.executable, "-I", "-u", "main.py"])
 """
 
 
@@ -92,10 +88,11 @@ os._exit(128 - code if code < 0 else code)  # a death by signal n exits 128 + n,
 class SandboxLimits:
     cpu_seconds: int = 10  # CPU time; the kernel sends SIGXCPU at this limit
     memory_mb: int = 512  # address space per process; allocations past it raise MemoryError
-    wall_seconds: float = 30.0  # real time before the whole namespace is killed
+    wall_seconds: float = 30.0  # real time before the whole sandbox is killed
     max_output_chars: int = 10_000  # per stream (stdout, stderr) kept for the model
-    max_processes: int = 32  # processes and threads (not enforced for real root)
-    max_file_mb: int = 16  # largest file, and the size of each tmpfs the code may write to
+    max_processes: int = 32  # processes and threads of the user the code runs as
+    max_file_mb: int = 16  # largest file, and the size of the scratch space
+    max_files: int = 256  # files and folders in the scratch space
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,11 @@ class _Capture:
             if room > 0:
                 self.kept += chunk[:room]
             if self.seen > self.cap + FLOOD_BYTES:
-                self.on_flood()  # a print bomb: reading on would only burn our CPU
+                self.on_flood()  # a print bomb: stop the sandbox
+                # Read what is left to the end: a pipe nobody reads is never seen to
+                # close, and the run would then wait for its wall limit.
+                while await stream.read(CHUNK):
+                    pass
                 return
 
     def text(self, max_chars: int) -> tuple[str, bool]:
@@ -131,27 +132,21 @@ class _Capture:
         return text[:max_chars], self.seen > self.cap or len(text) > max_chars
 
 
-def unprivileged_sandbox(scratch_parent: Path | None = None) -> Sandbox:
-    """The sandbox a server should use: as root, code runs as ``nobody``.
-
-    Inside ``unshare -r`` the code is root of its namespace and can undo the
-    namespace's mounts (e.g. the tmpfs over /tmp), so what really bounds it is
-    the real user it runs as: ``nobody`` cannot write the server's code, read the
-    data dir (kept 0700), or list the other runs' scratch folders, which live
-    under a root-owned folder it may traverse but not read (0711) with random
-    names. Debian's /usr/bin/python3 is used because the venv's interpreter may
-    sit under /root, which nobody cannot read.
-    """
-    if os.geteuid() != 0:
-        return Sandbox()
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        return Sandbox()
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    root = Path(tempfile.mkdtemp(prefix="deepresearch-sandbox-", dir=scratch_parent))
-    root.chmod(0o711)
-    return Sandbox(python=python, run_as=(nobody.pw_uid, nobody.pw_gid), scratch_root=root)
+def unprivileged_sandbox(*, allow_same_user: bool = False) -> Sandbox:
+    """The sandbox a server should use: as root, code runs as ``nobody``; as anyone
+    else, as that user only if the operator allowed it."""
+    if os.geteuid() == 0:
+        try:
+            nobody = pwd.getpwnam(NOBODY)
+        except KeyError:
+            return Sandbox(refused="there is no 'nobody' user to run code as")
+        return Sandbox(run_as=(nobody.pw_uid, nobody.pw_gid))
+    if not allow_same_user:
+        return Sandbox(
+            refused=f"the server runs as uid {os.geteuid()}, not root, so code would run as "
+            "the server's own user; set DEEPRESEARCH_PYTHON_SAME_USER=true to allow that"
+        )
+    return Sandbox()
 
 
 class Sandbox:
@@ -160,18 +155,27 @@ class Sandbox:
     def __init__(
         self,
         *,
-        unshare: str = "unshare",
-        python: str = sys.executable,
-        run_as: tuple[int, int] | None = None,  # (uid, gid) to drop to; needs root
-        scratch_root: Path | None = None,  # where scratch folders go; default the temp dir
+        bwrap: str = "bwrap",
+        python: str = SYSTEM_PYTHON,
+        run_as: tuple[int, int] | None = None,  # (uid, gid) to drop to first; needs root
+        refused: str = "",  # why code must not run here at all
     ) -> None:
-        self._unshare = unshare
+        self._bwrap = bwrap
         self._python = python
         self._run_as = run_as
-        self.scratch_root = scratch_root
-        self._available: bool | None = None
+        self.scratch_root: Path | None = None  # nothing on the host to clean up
+        self._available: bool | None = False if refused else None
         self._lock = asyncio.Lock()
-        self.reason = ""  # why the check failed, for the operator's log
+        self.reason = refused  # why the check failed, for the operator's log and /health
+
+    @property
+    def available(self) -> bool | None:
+        """Whether code can run here: ``None`` until ``check`` has run."""
+        return self._available
+
+    def describe(self) -> str:
+        who = "the server's own user" if self._run_as is None else f"uid {self._run_as[0]}"
+        return f"code runs in a bubblewrap sandbox as {who}"
 
     async def check(self) -> bool:
         """Runs a trivial program the real way once; the answer is kept for this instance."""
@@ -183,7 +187,7 @@ class Sandbox:
                     self._available, self.reason = False, f"{type(exc).__name__}: {exc}"
                 else:
                     self._available = result.exit_code == 0 and result.stdout == "ok\n"
-                    self.reason = "" if self._available else result.stderr.strip()[-500:]
+                    self.reason = "" if self._available else _why(result)
             return self._available
 
     async def run_python(self, code: str, limits: SandboxLimits) -> RunResult:
@@ -191,49 +195,68 @@ class Sandbox:
             raise ToolFailure(UNAVAILABLE)
         return await self._run(code, limits)
 
-    async def _run(self, code: str, limits: SandboxLimits) -> RunResult:
-        unshare = shutil.which(self._unshare)
-        if unshare is None:
-            raise FileNotFoundError(f"{self._unshare} not found")
-        scratch = Path(await anyio.to_thread.run_sync(self._make_scratch, code))
-        try:
-            return await self._spawn(unshare, scratch, limits)
-        finally:
-            await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
-
-    def _make_scratch(self, code: str) -> str:
-        scratch = tempfile.mkdtemp(prefix="deepresearch-python-", dir=self.scratch_root)
-        # The bootstrap reads the code by this name.
-        (Path(scratch) / "main.py").write_text(code, encoding="utf-8")
-        if self._run_as is not None:
-            os.chown(scratch, *self._run_as)
-        return scratch
-
-    async def _spawn(self, unshare: str, scratch: Path, limits: SandboxLimits) -> RunResult:
-        numbers = (limits.cpu_seconds, limits.memory_mb, limits.max_file_mb, limits.max_processes)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch)}
-        env |= {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        # setpriv rather than the user= / group= arguments of subprocess: uvloop's
-        # subprocess support (uvicorn's loop) does not take them.
+    def command(self, limits: SandboxLimits) -> list[str]:
+        bwrap = shutil.which(self._bwrap)
+        if bwrap is None:
+            raise FileNotFoundError(
+                f"{self._bwrap} not found (Debian's bubblewrap; `make install` installs it)"
+            )
+        if not Path(self._python).exists():
+            raise FileNotFoundError(f"{self._python} not found")
         drop: list[str] = []
         if self._run_as is not None:
             uid, gid = self._run_as
             drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+        numbers = (
+            limits.cpu_seconds,
+            limits.memory_mb,
+            limits.max_file_mb,
+            limits.max_processes,
+            limits.max_files,
+        )
+        return [
+            *drop, bwrap,
+            "--unshare-all", "--uid", "0", "--gid", "0", "--hostname", "sandbox",
+            "--die-with-parent", "--new-session",
+            # For the bootstrap alone: it mounts the scratch space, then drops them all.
+            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+            "--ro-bind-try", "/etc/localtime", "/etc/localtime",
+            "--proc", "/proc", "--dev", "/dev", "--dir", "/tmp", "--chdir", "/",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+            "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
+            self._python, "-I", "-S", "-c", BOOTSTRAP, *map(str, numbers),
+        ]  # fmt: skip
+
+    async def _run(self, code: str, limits: SandboxLimits) -> RunResult:
+        command = self.command(limits)
         proc = await asyncio.create_subprocess_exec(
-            *drop, unshare, "-rnmp", "--fork", "--kill-child", "--mount-proc",
-            self._python, "-I", "-c", BOOTSTRAP, *map(str, numbers),
-            stdin=asyncio.subprocess.DEVNULL,
+            *command,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=scratch,
-            env=env,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             start_new_session=True,  # its own process group, killed as one
-        )  # fmt: skip
-        assert proc.stdout is not None and proc.stderr is not None
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         cap = limits.max_output_chars * 4  # bytes enough for that many UTF-8 characters
         out, err = _Capture(cap, lambda: _kill(proc)), _Capture(cap, lambda: _kill(proc))
         timed_out = False
-        reading = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), proc.wait())
+
+        async def feed(stdin: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                stdin.write(code.encode("utf-8", "surrogatepass"))
+                await stdin.drain()
+                stdin.close()
+                await stdin.wait_closed()
+
+        reading = asyncio.gather(
+            feed(proc.stdin), out.drain(proc.stdout), err.drain(proc.stderr), proc.wait()
+        )
         try:
             await asyncio.wait_for(reading, limits.wall_seconds)
         except TimeoutError:
@@ -245,8 +268,13 @@ class Sandbox:
                 reading.exception()  # seen here, so asyncio does not log it as lost
         stdout, out_cut = out.text(limits.max_output_chars)
         stderr, err_cut = err.text(limits.max_output_chars)
-        code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
-        return RunResult(stdout, stderr, code, timed_out, out_cut or err_cut)
+        code_ = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        return RunResult(stdout, stderr, code_, timed_out, out_cut or err_cut)
+
+
+def _why(result: RunResult) -> str:
+    text = (result.stderr.strip() or result.stdout.strip())[-500:]
+    return text or f"the sandbox's trial run exited with code {result.exit_code}"
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
