@@ -173,3 +173,42 @@ async def test_a_key_past_its_queue_quota_gets_429_others_still_queue(
         for stream in (running, waiting, bobs):
             sid = stream.events[0].data["session_id"]
             assert (await client.delete(f"/sessions/{sid}", headers=OPS)).status_code == 200
+
+
+async def test_conversations_and_citations_are_scoped_to_the_key_and_an_admin_sees_all(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(keys_file=keys_file(tmp_path))
+    async with hardened_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        asked = {"question": "tok-ann how is asthma treated?"}
+        ann = (await client.post("/chat", json=asked, headers=ANN)).json()
+        asked = {"question": "tok-bob how is diabetes treated?"}
+        bob = (await client.post("/chat", json=asked, headers=BOB)).json()
+        assert ann["status"] == bob["status"] == "completed"
+        assert ann["citations"] and bob["citations"]
+        ann_id, bob_id = ann["session_id"], bob["session_id"]
+
+        # Conversations: each user lists and opens only their own; the admin, all.
+        def ids(listing: httpx.Response) -> set[str]:
+            return {c["conversation_id"] for c in listing.json()["conversations"]}
+
+        assert ids(await client.get("/conversations", headers=ANN)) == {ann_id}
+        assert ids(await client.get("/conversations", headers=BOB)) == {bob_id}
+        assert ids(await client.get("/conversations", headers=OPS)) == {ann_id, bob_id}
+        assert (await client.get(f"/conversations/{ann_id}", headers=BOB)).status_code == 404
+        assert (await client.get(f"/conversations/{ann_id}", headers=OPS)).is_success
+        # The note's routes, the same way.
+        listed = (await client.get("/api/sessions", headers=BOB)).json()["sessions"]
+        assert {s["session_id"] for s in listed} == {bob_id}
+        assert (await client.get(f"/api/sessions/{ann_id}", headers=BOB)).status_code == 404
+        # Citations: a bare number is the caller's own newest answer; another's session, 404.
+        own = (await client.get("/citation/1", headers=ANN)).json()
+        assert own["session_id"] == ann_id
+        assert (await client.get("/citation/1", headers=BOB)).json()["session_id"] == bob_id
+        assert (await client.get(f"/citation/{ann_id}:1", headers=BOB)).status_code == 404
+        assert (await client.get(f"/citation/{ann_id}:1", headers=OPS)).is_success
+        # A follow-up into another key's conversation is refused and shows nothing of it.
+        follow = await client.post(
+            "/chat", json={"question": "and then?", "session_id": ann_id}, headers=BOB
+        )
+        assert follow.status_code == 409 and "asthma" not in follow.text
