@@ -265,19 +265,29 @@ class ScriptedModel:
 @asynccontextmanager
 async def running_app(settings: Any, **app_options: Any) -> AsyncIterator[str]:
     """The real app under a real uvicorn on a free port, in this process."""
+    from deepresearch.server import create_app
+
+    async with serving(create_app(settings, **app_options), settings) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving(app: Any, settings: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn with the connection bounds ``deepresearch serve`` uses."""
     import asyncio
 
     import uvicorn
 
-    from deepresearch.server import create_app
+    from deepresearch.server.limits import server_options
 
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, **app_options),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
         lifespan="on",
+        **server_options(settings.header_timeout),
     )
     instance = uvicorn.Server(config)
     task = asyncio.create_task(instance.serve())
