@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from deepresearch.config import GenerationSettings
@@ -108,6 +108,12 @@ class Backend:
         return Reading(self.limiter.in_flight, wants_room, self.signals, ttft, gap)
 
 
+@dataclass
+class _Session:
+    home: Backend  # holds its prompt's prefix in cache
+    age: int  # the order of its first call
+
+
 class BackendPool:
     def __init__(
         self,
@@ -120,8 +126,8 @@ class BackendPool:
             raise ValueError("a pool needs at least one backend")
         self.backends = [Backend(model, limit) for model in models]
         self._clock = clock
-        self._homes: OrderedDict[str, Backend] = OrderedDict()
-        self._ages: OrderedDict[str, int] = OrderedDict()  # sessions in order of first call
+        # What the pool remembers of each recent session: its home, and its age.
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._arrivals = itertools.count()
 
     def states(self) -> list[BackendState]:
@@ -143,49 +149,48 @@ class BackendPool:
             )
         return states
 
-    def home_of(self, session_id: str) -> Backend | None:
-        return self._homes.get(session_id)
-
     def choose(self, session_id: str | None) -> Backend:
         """The backend for a call made on behalf of ``session_id``."""
         now = self._clock()
         up = [backend for backend in self.backends if backend.up(now)]
         if not up:  # all down: try the one due back first rather than fail outright
             up = [min(self.backends, key=lambda backend: backend.down_until)]
-        home = self._homes.get(session_id) if session_id else None
+        seen = self._sessions.get(session_id) if session_id else None
+        home = seen.home if seen else None
         roomy = [backend for backend in up if not backend.busy]
         if home is not None and home in up and (not home.busy or not roomy):
             choice = home
         else:
             # Ties (idle backends) go to the one that is home to fewer sessions.
             choice = min(roomy or up, key=lambda backend: (backend.load(), backend.sessions))
-        if session_id is not None and choice is not home:
-            if home is not None:
-                home.sessions -= 1
-            choice.sessions += 1
-            self._homes[session_id] = choice
-            if len(self._homes) > HOMES_KEPT:
-                _, forgotten = self._homes.popitem(last=False)
-                forgotten.sessions -= 1
         if session_id is not None:
-            self._homes.move_to_end(session_id)
+            self._settle(session_id, seen, choice)
         return choice
 
-    def _age(self, session_id: str | None) -> float:
-        """Priority at the gate: the order in which sessions first called (older first)."""
-        if session_id is None:
-            return float(next(self._arrivals))
-        age = self._ages.get(session_id)
-        if age is None:
-            age = self._ages[session_id] = next(self._arrivals)
-            if len(self._ages) > HOMES_KEPT:
-                self._ages.popitem(last=False)
-        return float(age)
+    def _settle(self, session_id: str, seen: _Session | None, home: Backend) -> None:
+        """Record ``home`` as the session's, keeping at most ``HOMES_KEPT`` sessions."""
+        if seen is None:
+            seen = self._sessions[session_id] = _Session(home, next(self._arrivals))
+            home.sessions += 1
+            if len(self._sessions) > HOMES_KEPT:
+                _, forgotten = self._sessions.popitem(last=False)
+                forgotten.home.sessions -= 1
+        elif seen.home is not home:
+            seen.home.sessions -= 1
+            home.sessions += 1
+            seen.home = home
+        self._sessions.move_to_end(session_id)
+
+    def _priority(self, session_id: str | None) -> float:
+        """Order at a full gate: sessions by their first call (older first); a call on
+        nobody's behalf by its own arrival."""
+        seen = self._sessions.get(session_id) if session_id else None
+        return float(seen.age if seen else next(self._arrivals))
 
     async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         """Counted by the session's own backend: its tokenizer, and no other's turn."""
-        backend = self._homes.get(call.session_id) if call.session_id else None
-        backend = backend or self.choose(call.session_id)
+        seen = self._sessions.get(call.session_id) if call.session_id else None
+        backend = seen.home if seen else self.choose(call.session_id)
         return await backend.model.count_tokens(messages, call=call)
 
     async def stream(
@@ -198,7 +203,7 @@ class BackendPool:
         tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncGenerator[Piece, None]:
         backend = self.choose(call.session_id)
-        async with backend.limiter.held(self._age(call.session_id)):
+        async with backend.limiter.held(self._priority(call.session_id)):
             sent = self._clock()
             first: float | None = None
             last, pieces = sent, 0
