@@ -209,7 +209,9 @@ async def build_index(services: Services) -> None:
         state.ready.set()
 
 
-async def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+def _background(
+    stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> asyncio.Task[None]:
     """Run ``work`` until the stack closes, then cancel it and wait for it."""
     task = asyncio.create_task(work, name=name)
 
@@ -218,6 +220,7 @@ async def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], na
         await asyncio.gather(task, return_exceptions=True)
 
     stack.push_async_callback(stop)
+    return task
 
 
 @asynccontextmanager
@@ -291,15 +294,9 @@ async def open_services(
         services.tools = tools_factory(services)
         await manager.open()
         stack.push_async_callback(manager.close)
-        await _background(stack, capacity.run(), "capacity")
+        _background(stack, capacity.run(), "capacity")
         services.index_state.building = True  # until the first build has finished
-        builder = asyncio.create_task(build_index(services))
+        builder = _background(stack, build_index(services), "index build")
         if not index_in_background:
             await builder
-
-        async def stop_builder() -> None:
-            builder.cancel()
-            await asyncio.gather(builder, return_exceptions=True)
-
-        stack.push_async_callback(stop_builder)
         yield services
