@@ -126,9 +126,14 @@ async def test_keys_scope_conversations_and_citations(make_settings: MakeSetting
             assert (await bob.get("/api/sessions")).json()["total"] == 0
             assert (await bob.get(f"/conversations/{mine['session_id']}")).status_code == 404
             assert (await bob.get(f"/api/sessions/{mine['session_id']}")).status_code == 404
+            # Alice's id, posted by Bob, names a new session of his (as a fresh id would).
             hijack = {"question": "tok-bob", "session_id": mine["session_id"]}
-            assert (await bob.post("/chat", json=hijack)).status_code == 409
+            his = await bob.post("/chat", json=hijack)
+            assert his.status_code == 200 and his.json()["session_id"] == mine["session_id"]
+            assert "hypertension" not in his.text
             assert (await alice.get("/conversations")).json()["total"] == 1
+            turns = (await alice.get(f"/conversations/{mine['session_id']}")).json()["turns"]
+            assert [t["question"] for t in turns] == ["tok-alice how is hypertension treated?"]
             async with httpx.AsyncClient(base_url=url) as anonymous:
                 assert (await anonymous.get("/citation/1")).status_code == 401
 

@@ -91,19 +91,19 @@ async def test_every_route_is_scoped_to_the_key_and_an_admin_sees_all(
 async def test_a_taken_session_id_says_nothing_of_it_to_another_key(
     make_settings: MakeSettings, tmp_path: Path
 ) -> None:
-    # Since conversations, the owner's own id asks a follow-up there (a new session);
-    # another key's gets the plain "already exists" 409 and learns nothing more.
+    # The owner's own id asks a follow-up there (a new session); for another key the id
+    # is not in use: it names that key's new session (tests/server/test_id_namespaces.py).
     settings = make_settings(keys_file=keys_file(tmp_path))
     async with hardened_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
         body = {"question": "tok-id", "session_id": "chosen-session-01"}
         assert (await client.post("/chat", json=body, headers=ANN)).status_code == 200
         own = await client.post("/chat", json=body, headers=ANN)
-        other = await client.post("/chat", json=body, headers=BOB)
+        other = await client.post("/chat", json={**body, "question": "tok-other"}, headers=BOB)
         assert own.status_code == 200 and own.json()["session_id"] != "chosen-session-01"
-        assert other.status_code == 409
-        assert other.json() == {"error": "session chosen-session-01 already exists"}
+        assert other.status_code == 200 and other.json()["session_id"] == "chosen-session-01"
         assert "tok-id" not in other.text
-        assert (await client.get("/sessions/chosen-session-01", headers=BOB)).status_code == 404
+        bobs = (await client.get("/sessions/chosen-session-01", headers=BOB)).json()
+        assert (bobs["question"], bobs["turn"]) == ("tok-other", 1)
 
 
 async def test_a_key_past_its_rate_gets_429_with_retry_after(
@@ -207,8 +207,9 @@ async def test_conversations_and_citations_are_scoped_to_the_key_and_an_admin_se
         assert (await client.get("/citation/1", headers=BOB)).json()["session_id"] == bob_id
         assert (await client.get(f"/citation/{ann_id}:1", headers=BOB)).status_code == 404
         assert (await client.get(f"/citation/{ann_id}:1", headers=OPS)).is_success
-        # A follow-up into another key's conversation is refused and shows nothing of it.
+        # Another key's conversation id starts Bob's own conversation and shows nothing of it.
         follow = await client.post(
             "/chat", json={"question": "and then?", "session_id": ann_id}, headers=BOB
         )
-        assert follow.status_code == 409 and "asthma" not in follow.text
+        assert follow.status_code == 200 and "asthma" not in follow.text
+        assert len((await client.get(f"/conversations/{ann_id}", headers=ANN)).json()["turns"]) == 1

@@ -24,10 +24,19 @@ from pydantic import ValidationError
 from deepresearch.config import Settings
 from deepresearch.errors import ClientError, Overloaded
 from deepresearch.llm.base import ChatModel
+from deepresearch.runtime.ids import IdSpace
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.server import conversations, openai_facade
 from deepresearch.server.auth import Forbidden, Principal, load_keyring
-from deepresearch.server.deps import Caller, Owner, Svc, Unauthorized, client_of, identify
+from deepresearch.server.deps import (
+    Caller,
+    Ids,
+    Owner,
+    Svc,
+    Unauthorized,
+    client_of,
+    identify,
+)
 from deepresearch.server.following import wait_for_end
 from deepresearch.server.limits import (
     MAX_OFFSET,
@@ -76,13 +85,15 @@ async def parse_chat(request: Request, svc: Services) -> ChatRequest:
     return chat
 
 
-async def start(request: Request, svc: Services, caller: Principal) -> str:
+async def start(request: Request, svc: Services, caller: Principal, ids: IdSpace) -> str:
+    """Start the body's session; its store id (``ids`` shows it to the caller)."""
     chat = await parse_chat(request, svc)
+    asked = chat.session_id
     session_id = await svc.manager.start(
         SessionRequest(
             question=chat.question,
             generation=chat.generation(),
-            session_id=chat.session_id,
+            session_id=await ids.resolve(svc.manager.store, asked) if asked else None,
             on_disconnect=chat.on_disconnect,
             owner=caller.owner,
             client=client_of(request),
@@ -92,11 +103,15 @@ async def start(request: Request, svc: Services, caller: Principal) -> str:
     return session_id
 
 
-def stream(svc: Services, session_id: str, after: int, deltas: bool) -> StreamingResponse:
+def stream(
+    svc: Services, session_id: str, after: int, deltas: bool, ids: IdSpace
+) -> StreamingResponse:
     events = svc.manager.follow(
         session_id, after, idle=svc.settings.heartbeat_seconds, deltas=deltas
     )
-    return StreamingResponse(sse_bytes(events), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(
+        sse_bytes(events, ids.event), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 # ``?deltas=true``: streamed text (reasoning, the answer) as pieces in ``delta``, with
@@ -111,17 +126,17 @@ Deltas = Annotated[bool, Query(description="stream reasoning and answer text as 
     responses=event_stream(),
 )
 async def chat_stream(
-    request: Request, svc: Svc, caller: Caller, deltas: Deltas = False
+    request: Request, svc: Svc, caller: Caller, ids: Ids, deltas: Deltas = False
 ) -> StreamingResponse:
-    session_id = await start(request, svc, caller)
-    return stream(svc, session_id, 0, deltas)
+    session_id = await start(request, svc, caller, ids)
+    return stream(svc, session_id, 0, deltas, ids)
 
 
 @router.post("/chat", openapi_extra=chat_body(), responses=CHAT_RESPONSES)
-async def chat(request: Request, svc: Svc, caller: Caller) -> Response:
+async def chat(request: Request, svc: Svc, caller: Caller, ids: Ids) -> Response:
     who = caller.scope
-    session_id = await start(request, svc, caller)
-    record = await wait_for_end(request, svc, session_id, who)
+    session_id = await start(request, svc, caller, ids)
+    record = ids.record(await wait_for_end(request, svc, session_id, who))
     return JSONResponse(
         {
             "session_id": record.id,
@@ -179,6 +194,7 @@ async def health(
 async def sessions(
     svc: Svc,
     who: Owner,
+    ids: Ids,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: SessionStatus | None = None,
@@ -187,7 +203,7 @@ async def sessions(
         limit=limit, offset=offset, status=status, owner=who
     )
     return {
-        "active_sessions": {record.id: summary(record) for record in records},
+        "active_sessions": {ids.public(record.id): summary(record) for record in records},
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -195,8 +211,9 @@ async def sessions(
 
 
 @router.get("/sessions/{session_id}")
-async def session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    return detail(await svc.manager.get(session_id, who))
+async def session(session_id: str, svc: Svc, who: Owner, ids: Ids) -> dict[str, Any]:
+    stored_id = await ids.resolve(svc.manager.store, session_id)
+    return detail(ids.record(await svc.manager.get(stored_id, who)))
 
 
 @router.get(
@@ -206,19 +223,22 @@ async def session_events(
     session_id: str,
     svc: Svc,
     who: Owner,
+    ids: Ids,
     last_event_id: Annotated[str | None, Header()] = None,
     deltas: Deltas = False,
 ) -> StreamingResponse:
     after = parse_last_event_id(last_event_id)
-    await svc.manager.get(session_id, who)
-    return stream(svc, session_id, after, deltas)
+    stored_id = await ids.resolve(svc.manager.store, session_id)
+    await svc.manager.get(stored_id, who)
+    return stream(svc, stored_id, after, deltas, ids)
 
 
 @router.delete("/sessions/{session_id}")
-async def cancel(session_id: str, svc: Svc, caller: Caller) -> dict[str, Any]:
-    record = await svc.manager.cancel(session_id, caller.scope, "cancelled by the client")
-    audit.info("audit: %s (%s) cancelled session %s", caller.name, caller.role, session_id)
-    return detail(record)
+async def cancel(session_id: str, svc: Svc, caller: Caller, ids: Ids) -> dict[str, Any]:
+    stored_id = await ids.resolve(svc.manager.store, session_id)
+    record = await svc.manager.cancel(stored_id, caller.scope, "cancelled by the client")
+    audit.info("audit: %s (%s) cancelled session %s", caller.name, caller.role, stored_id)
+    return detail(ids.record(record))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -282,10 +302,12 @@ def create_app(
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if isinstance(exc, Overloaded):
             request.app.state.services.metrics.rejected.inc()
-        content: dict[str, Any] = {"error": str(exc)}
+        ids: IdSpace | None = getattr(request.state, "ids", None)
+        message = ids.text(str(exc)) if ids is not None else str(exc)
+        content: dict[str, Any] = {"error": message}
         if _openai_route(request):
             param, code = (exc.param, exc.code) if isinstance(exc, OpenAIError) else (None, None)
-            content = error_body(str(exc), exc.status_code, param, code)
+            content = error_body(message, exc.status_code, param, code)
         return JSONResponse(status_code=exc.status_code, content=content, headers=headers)
 
     @app.exception_handler(Unauthorized)

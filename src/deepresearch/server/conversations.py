@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 
 from deepresearch.errors import SessionNotFound
 from deepresearch.events import utc_now
-from deepresearch.server.deps import Owner, Svc, client_of
+from deepresearch.runtime.ids import IdSpace
+from deepresearch.server.deps import Ids, Owner, Svc, client_of
 from deepresearch.server.limits import MAX_OFFSET
 from deepresearch.server.openapi import ERROR_RESPONSES
 from deepresearch.server.views import conversation, conversation_summary
@@ -26,29 +27,36 @@ from deepresearch.sessions.records import SessionRecord
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
-# "7" (a bare number, as the note's front end sends it) or "SESSION_ID:7".
-CITATION_ID = re.compile(r"(?:(?P<session>[A-Za-z0-9][A-Za-z0-9_-]{7,63}):)?(?P<number>[0-9]{1,6})")
+# "7" (a bare number, as the note's front end sends it) or "SESSION_ID:7"; an admin's
+# SESSION_ID may be a user's chosen id as the store keeps it, "<owner>:<id>".
+CITATION_ID = re.compile(
+    r"(?:(?P<session>(?:[0-9a-f]{16}:)?[A-Za-z0-9][A-Za-z0-9_-]{7,63}):)?(?P<number>[0-9]{1,6})"
+)
 
 
-async def turns_of(svc: Svc, some_id: str, who: str | None) -> list[SessionRecord]:
-    """A conversation's turns by its id or by the id of any of its sessions."""
+async def turns_of(svc: Svc, some_id: str, who: str | None, ids: IdSpace) -> list[SessionRecord]:
+    """A conversation's turns by its id or by the id of any of its sessions, as the
+    caller sees them."""
+    stored_id = await ids.resolve(svc.manager.store, some_id)
     try:
-        return await svc.manager.conversation(some_id, who)
+        turns = await svc.manager.conversation(stored_id, who)
     except SessionNotFound:
-        record = await svc.manager.get(some_id, who)
-        return await svc.manager.conversation(record.conversation, who)
+        record = await svc.manager.get(stored_id, who)
+        turns = await svc.manager.conversation(record.conversation, who)
+    return [ids.record(turn) for turn in turns]
 
 
 @router.get("/conversations")
 async def list_conversations(
     svc: Svc,
     who: Owner,
+    ids: Ids,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     found, total = await svc.manager.list_conversations(limit=limit, offset=offset, owner=who)
     return {
-        "conversations": [conversation_summary(c) for c in found],
+        "conversations": [conversation_summary(ids.conversation(c)) for c in found],
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -56,8 +64,8 @@ async def list_conversations(
 
 
 @router.get("/conversations/{conversation_id}")
-async def get_conversation(conversation_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    return conversation(await turns_of(svc, conversation_id, who))
+async def get_conversation(conversation_id: str, svc: Svc, who: Owner, ids: Ids) -> dict[str, Any]:
+    return conversation(await turns_of(svc, conversation_id, who, ids))
 
 
 # -- the note's routes ------------------------------------------------------------------
@@ -72,13 +80,13 @@ async def new_note_session(who: Owner) -> dict[str, str]:
 
 @router.get("/api/sessions")
 async def list_note_sessions(
-    svc: Svc, who: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    svc: Svc, who: Owner, ids: Ids, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
     found, total = await svc.manager.list_conversations(limit=limit, offset=0, owner=who)
     return {
         "sessions": [
             {
-                "session_id": c.id,
+                "session_id": ids.public(c.id),
                 "created_at": c.created_at.isoformat(),
                 "message_count": c.turns + c.answered,
                 "title": c.title,
@@ -90,8 +98,8 @@ async def list_note_sessions(
 
 
 @router.get("/api/sessions/{session_id}")
-async def get_note_session(session_id: str, svc: Svc, who: Owner) -> dict[str, Any]:
-    turns = await turns_of(svc, session_id, who)
+async def get_note_session(session_id: str, svc: Svc, who: Owner, ids: Ids) -> dict[str, Any]:
+    turns = await turns_of(svc, session_id, who, ids)
     messages: list[dict[str, str]] = []
     for turn in turns:
         messages.append({"role": "user", "content": turn.question})
@@ -106,7 +114,12 @@ async def get_note_session(session_id: str, svc: Svc, who: Owner) -> dict[str, A
 
 @router.get("/citation/{citation_id}")
 async def citation(
-    citation_id: str, request: Request, svc: Svc, who: Owner, session_id: str | None = None
+    citation_id: str,
+    request: Request,
+    svc: Svc,
+    who: Owner,
+    ids: Ids,
+    session_id: str | None = None,
 ) -> JSONResponse:
     """A cited source's full text. ``SESSION:N`` (or ``?session_id=``) names the session;
     a bare ``N`` means the caller's newest answered session: the key's when keys are
@@ -123,7 +136,8 @@ async def citation(
     number = match.group("number")
     named = match.group("session") or session_id
     if named is not None:
-        record: SessionRecord | None = await svc.manager.get(named, who)
+        stored_id = await ids.resolve(svc.manager.store, named)
+        record: SessionRecord | None = await svc.manager.get(stored_id, who)
     else:
         client = None if who is not None else client_of(request)
         # No key and no address (a Unix socket): nothing tells this caller from another.
@@ -141,6 +155,6 @@ async def citation(
             "full_content": cited.get("full_content", ""),
             "source_id": cited.get("source_id", ""),
             "url": cited.get("url", ""),
-            "session_id": record.id,
+            "session_id": ids.public(record.id),
         }
     )

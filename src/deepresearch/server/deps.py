@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from deepresearch.runtime.ids import IdSpace
 from deepresearch.server.auth import ANONYMOUS, KeyRing, Principal
 from deepresearch.server.limits import RateLimiter
 from deepresearch.services import Services
@@ -59,6 +60,17 @@ async def get_owner(caller: Caller) -> str | None:
 
 
 Owner = Annotated[str | None, Depends(get_owner)]
+
+
+async def get_ids(request: Request, caller: Caller) -> IdSpace:
+    """How the caller names sessions (``runtime/ids.py``): a ``user`` key its own
+    chosen ids, an admin (or anyone, keys off) the store's."""
+    ids = IdSpace(caller.scope)
+    request.state.ids = ids  # error answers name sessions as this caller knows them
+    return ids
+
+
+Ids = Annotated[IdSpace, Depends(get_ids)]
 
 
 def client_of(request: Request) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from deepresearch.sessions.records import StoredEvent
 
@@ -26,7 +26,14 @@ def _with_accumulated(data: str) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
-async def sse_bytes(events: AsyncIterator[StoredEvent | None]) -> AsyncIterator[bytes]:
-    """Encode a session's events; ``None`` (an idle stretch) becomes a heartbeat comment."""
+async def sse_bytes(
+    events: AsyncIterator[StoredEvent | None],
+    shown: Callable[[StoredEvent], StoredEvent] | None = None,
+) -> AsyncIterator[bytes]:
+    """Encode a session's events, each as ``shown`` makes it (the caller's view of its
+    ids: ``runtime/ids.py``); ``None`` (an idle stretch) becomes a heartbeat comment."""
     async for event in events:
-        yield HEARTBEAT if event is None else encode(event)
+        if event is None:
+            yield HEARTBEAT
+        else:
+            yield encode(shown(event) if shown is not None else event)
