@@ -8,16 +8,23 @@ whole unless its first sequence number is after the log's last one and, when it
 names a lease token, unless that token still holds the session's lease: a worker
 that lost its lease cannot write after its successor.
 
-Retention: ``prune`` honours the ``SessionStore`` contract, and with
-``retention`` set, a conversation whose every turn has finished also expires by
-itself (Redis TTLs), counted from its last turn's end.
+Retention: ``prune`` honours the ``SessionStore`` contract, deleting whole
+conversations ``PRUNE_BATCH`` sessions per script (Redis runs one script at a
+time, so every other client waits behind each: small ones keep that wait short),
+and with ``retention`` set, a conversation whose every turn has finished also
+expires by itself (Redis TTLs), counted from its last turn's end.
+
+Faults: a full Redis (``maxmemory`` reached, no eviction) refuses a script at its
+first write with ``OutOfMemoryError``, so nothing of it lands; deletions still go
+through. Tests make writes fail that way on demand with ``fault``, as they do the
+SQLite store's.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -45,12 +52,22 @@ from deepresearch.sessions.redis_workers import RedisWorkers
 
 # Conversations dropped per purge call; the rest go on the next one.
 PURGE_BATCH = 100
+# Retention deletes whole conversations, this many sessions per script at most (at
+# least one conversation), so other clients wait behind one small script at a time.
+PRUNE_BATCH = 200
+# Conversations whose turns and statuses retention reads per round trip.
+PRUNE_READ_PAGE = 500
 # A command that meets a dropped connection is retried this often, backing off from
 # 0.05 s to 1 s between tries (about 5 s in all): a Redis restart, not an outage.
 RECONNECT_RETRIES = 8
 # Entries one tail read returns at most; the caller reads again for more.
 TAIL_COUNT = 1000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# A fault injected by tests, run before each write that adds data (a create, an
+# append) is sent (``RedisSessionStore.fault``): it raises to make the write fail as
+# a full Redis would, nothing of it stored.
+Fault = Callable[[], None]
 
 
 def _score(moment: datetime) -> int:
@@ -160,6 +177,7 @@ class RedisSessionStore:
         self.keys = RedisKeys(prefix)
         self._retention_ms = int(retention.total_seconds() * 1000) if retention else 0
         self._client: Redis | None = None
+        self.fault: Fault | None = None  # tests: make writes fail as a full Redis would
 
     @property
     def url(self) -> str:
@@ -223,6 +241,8 @@ class RedisSessionStore:
         ]
         for name, value in fields.items():
             args += [name, value]
+        if self.fault is not None:
+            self.fault()
         if not await self._create(args=args):
             raise SessionConflict(f"session {record.id} already exists")
 
@@ -249,6 +269,8 @@ class RedisSessionStore:
             args += [event.seq, event.type, event.data]
         for name, value in _change_fields(changes).items():
             args += [name, value]
+        if self.fault is not None:
+            self.fault()
         try:
             await self._write(args=args)
         except ResponseError as exc:
@@ -268,36 +290,54 @@ class RedisSessionStore:
                 return dropped
 
     async def prune(self, *, older_than: datetime, keep: int) -> int:
+        """Delete old finished conversations, oldest first, ``PRUNE_BATCH`` sessions
+        per script (each script checks again that no turn has started meanwhile)."""
         removed = await self.purge_expired()
+        doomed = await self._doomed(_score(older_than), keep)
+        batch: list[str] = []
+        sessions = 0
+        for conversation_id, count in reversed(doomed):
+            if batch and sessions + count > PRUNE_BATCH:
+                removed += int(await self._prune(args=[self.keys.prefix, *batch]))
+                batch, sessions = [], 0
+            batch.append(conversation_id)
+            sessions += count
+        if batch:
+            removed += int(await self._prune(args=[self.keys.prefix, *batch]))
+        return removed
+
+    async def _doomed(self, cutoff: int, keep: int) -> list[tuple[str, int]]:
+        """The conversations retention deletes, newest first, each with how many
+        sessions it holds: the SQLite store's rule (newest first, busy ones skipped
+        and not counted, the newest ``keep`` sessions kept, older than ``cutoff`` not).
+        The turns and their statuses are read ``PRUNE_READ_PAGE`` conversations at a
+        time."""
         client = self.client
-        cutoff = _score(older_than)
         ranked = await client.zrevrange(self.keys.conversations(), 0, -1, withscores=True)
-        async with client.pipeline(transaction=False) as pipe:
-            for conversation_id, _ in ranked:
-                pipe.zrange(self.keys.turns(conversation_id), 0, -1)
-            turn_lists: list[list[str]] = await pipe.execute()
-        async with client.pipeline(transaction=False) as pipe:
-            for turns in turn_lists:
-                for session_id in turns:
-                    pipe.hget(self.keys.session(session_id), "status")
-            statuses = iter(await pipe.execute())
-        doomed: list[str] = []
+        doomed: list[tuple[str, int]] = []
         kept = 0
         full = False
-        # The same rule as the SQLite store: newest first, skip busy conversations.
-        for (conversation_id, latest), turns in zip(ranked, turn_lists, strict=True):
-            turn_statuses = [next(statuses) for _ in turns]  # consumed in step with `turns`
-            if any(status in UNFINISHED for status in turn_statuses):
-                continue
-            full = full or kept + len(turns) > keep
-            if full or latest < cutoff:
-                doomed.append(conversation_id)
-            else:
-                kept += len(turns)
-        for start in range(0, len(doomed), 500):
-            chunk = doomed[start : start + 500]
-            removed += int(await self._prune(args=[self.keys.prefix, *chunk]))
-        return removed
+        for start in range(0, len(ranked), PRUNE_READ_PAGE):
+            page = ranked[start : start + PRUNE_READ_PAGE]
+            async with client.pipeline(transaction=False) as pipe:
+                for conversation_id, _ in page:
+                    pipe.zrange(self.keys.turns(conversation_id), 0, -1)
+                turn_lists: list[list[str]] = await pipe.execute()
+            async with client.pipeline(transaction=False) as pipe:
+                for turns in turn_lists:
+                    for session_id in turns:
+                        pipe.hget(self.keys.session(session_id), "status")
+                statuses = iter(await pipe.execute())
+            for (conversation_id, latest), turns in zip(page, turn_lists, strict=True):
+                turn_statuses = [next(statuses) for _ in turns]  # consumed in step with turns
+                if any(status in UNFINISHED for status in turn_statuses):
+                    continue
+                full = full or kept + len(turns) > keep
+                if full or latest < cutoff:
+                    doomed.append((conversation_id, len(turns)))
+                else:
+                    kept += len(turns)
+        return doomed
 
     # -- reads ------------------------------------------------------------------------------
 
