@@ -1,4 +1,13 @@
-"""Running the model's tool calls: events, errors fed back, repeats noticed."""
+"""Running the model's tool calls: events, errors fed back, repeats noticed.
+
+Every tool event is made here, and its text for people (a call's description, a
+result and its summary, an error) is made safe to render as Markdown here, by the
+answer's rule (``safe_markdown``: raw HTML shows as text): tool output is a web
+page's or a source's text, and a client may render an event's text as Markdown
+(chat UIs do with the OpenAI facade's ``reasoning_content``). The model is fed the
+output as the tool returned it (``Dialect.tool_message`` escapes it for the
+protocol).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+from deepresearch.agent.dialects import safe_markdown
 from deepresearch.agent.parsing import ToolCall
 from deepresearch.errors import ToolFailure
 from deepresearch.events import Event, ToolCallStart, ToolError, ToolResult
@@ -37,7 +47,7 @@ class ToolRunner:
             round=round_number,
             tool_name=call.name,
             tool_args=call.arguments,
-            content=f"{call.name}: {_describe(call.arguments)}",
+            content=safe_markdown(f"{call.name}: {_describe(call.arguments)}"),
         )
         key = json.dumps([call.name, call.arguments], sort_keys=True)
         repeated = key in self._seen
@@ -74,8 +84,8 @@ class ToolRunner:
             session_id=sid,
             round=round_number,
             tool_name=call.name,
-            result=output.text[:RESULT_DISPLAY_CHARS],
-            content=output.summary,
+            result=safe_markdown(output.text[:RESULT_DISPLAY_CHARS]),
+            content=safe_markdown(output.summary),
         )
 
     async def reject(self, reason: str, round_number: int) -> AsyncIterator[Event]:
@@ -86,7 +96,10 @@ class ToolRunner:
     async def _failed(self, name: str, message: str, round_number: int) -> AsyncIterator[Event]:
         self.last = f"Error: {message}"
         yield ToolError(
-            session_id=self.session_id, round=round_number, tool_name=name, content=message
+            session_id=self.session_id,
+            round=round_number,
+            tool_name=name,
+            content=safe_markdown(message),
         )
 
 
