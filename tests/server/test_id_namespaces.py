@@ -22,7 +22,7 @@ SHARED = "shared-chosen-01"
 
 def store_id(key: str, public: str) -> str:
     """The id the store keeps a user's chosen id under (what an admin sees)."""
-    return f"{owner_id(hashlib.sha256(key.encode()).digest())}:{public}"
+    return f"{public}:{owner_id(hashlib.sha256(key.encode()).digest())}"
 
 
 def shape(stream: SSEStream) -> list[tuple[str, str]]:
@@ -117,7 +117,7 @@ async def test_two_keys_choosing_one_id_each_get_their_own_session(
             assert missing.status_code == 404
             assert missing.json() == {"error": "no session never-chosen-09"}
             everything = (await client.get("/sessions", headers=headers)).text
-            assert ":" + SHARED not in everything
+            assert SHARED + ":" not in everything
 
         # The admin sees both sessions under their store ids, and reads each by it.
         ann_store, bob_store = (
@@ -186,3 +186,39 @@ async def test_a_key_cancels_its_own_session_under_a_shared_id_and_no_other(
         assert (await client.get(f"/sessions/{chosen}", headers=ANN)).json()["status"] == (
             "cancelled"
         )
+
+
+async def test_an_id_resolves_to_the_callers_own_session_only(tmp_path: Path) -> None:
+    """The rule on a real store: the caller's own chosen id, else its own session under
+    the plain id (a server-generated one, or chosen before namespaces), else a new one
+    of its own; an admin's ids are the store's."""
+    from deepresearch.events import SessionStart, utc_now
+    from deepresearch.runtime.ids import IdSpace
+    from deepresearch.sessions.records import SessionRecord, StoredEvent
+    from deepresearch.sessions.sqlite import SqliteSessionStore
+
+    store = SqliteSessionStore(tmp_path / "s.sqlite")
+    await store.open()
+    try:
+        ann, bob = IdSpace("a" * 16), IdSpace("b" * 16)
+        for session_id, owner in (("legacy-chosen-01", "a" * 16), ("both-chosen-02", "a" * 16)):
+            await store.create(SessionRecord(session_id, "q", "completed", utc_now(), owner))
+        await store.create(
+            SessionRecord(ann.own("both-chosen-02"), "q", "completed", utc_now(), "a" * 16)
+        )
+        assert await ann.resolve(store, "legacy-chosen-01") == "legacy-chosen-01"
+        assert await bob.resolve(store, "legacy-chosen-01") == "legacy-chosen-01:" + "b" * 16
+        assert await ann.resolve(store, "both-chosen-02") == "both-chosen-02:" + "a" * 16
+        assert await ann.resolve(store, "new-chosen-03") == "new-chosen-03:" + "a" * 16
+        assert await IdSpace(None).resolve(store, "legacy-chosen-01") == "legacy-chosen-01"
+    finally:
+        await store.close()
+
+    stored_id = ann.own("shown-chosen-04")
+    start = SessionStart(session_id=stored_id, question="q", content=stored_id)
+    event = StoredEvent(1, "session_start", start.model_dump_json())
+    shown = ann.event(event)
+    assert '"session_id":"shown-chosen-04"' in shown.data
+    assert '"content":"shown-chosen-04"' in shown.data and "a" * 16 not in shown.data
+    assert bob.event(event) is event and IdSpace(None).event(event) is event
+    assert ann.text(f"no session {stored_id}") == "no session shown-chosen-04"

@@ -2,14 +2,15 @@
 
 A client may name a new session (``session_id`` in the body). With keys on, two
 keys may choose the same name, and neither may learn that the other did: so a
-``user`` key's chosen id ``X`` is kept in the store as ``<owner>:X`` (``owner``
-is the key's digest prefix; ``:`` is in no client-chosen id and no UUID), and
-the key sees and uses ``X`` alone. Server-generated ids (UUIDs) are stored as
+``user`` key's chosen id ``X`` is kept in the store as ``X:<owner>`` (``owner``
+is the key's digest prefix; ``:`` is in no client-chosen id and no UUID; the id
+first, so logs that show an id's start tell sessions apart), and the key sees and
+uses ``X`` alone. Server-generated ids (UUIDs) are stored as
 they are. An ``IdSpace`` translates at the server's boundary, both ways: the ids
 a caller sends (``resolve``) and every id it is shown (records, events, error
 messages). An admin, and everyone when keys are off, uses the store's own ids
 (``IdSpace(None)``, the identity): an admin sees a user's chosen id qualified
-(``<owner>:X``) and addresses it so.
+(``X:<owner>``) and addresses it so.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ class IdSpace:
     owner: str | None
 
     @property
-    def _prefix(self) -> str:
-        return f"{self.owner}{SEPARATOR}"
+    def _suffix(self) -> str:
+        return f"{SEPARATOR}{self.owner}"
 
     def own(self, public: str) -> str:
         """The store id of ``public`` in this caller's own namespace."""
-        return public if self.owner is None else self._prefix + public
+        return public if self.owner is None else public + self._suffix
 
     async def resolve(self, store: Records, public: str) -> str:
         """The store id the caller means by ``public``: its own chosen id if it has
@@ -60,13 +61,13 @@ class IdSpace:
 
     def public(self, stored: str) -> str:
         """How the caller sees a store id."""
-        if self.owner is not None and stored.startswith(self._prefix):
-            return stored[len(self._prefix) :]
+        if self.owner is not None and stored.endswith(self._suffix):
+            return stored.removesuffix(self._suffix)
         return stored
 
     def text(self, message: str) -> str:
         """A message (an error naming a session) with the caller's ids as it knows them."""
-        return message if self.owner is None else message.replace(self._prefix, "")
+        return message if self.owner is None else message.replace(self._suffix, "")
 
     def record(self, record: SessionRecord) -> SessionRecord:
         if self.owner is None:
@@ -84,8 +85,8 @@ class IdSpace:
     def event(self, stored: StoredEvent) -> StoredEvent:
         """An event as the caller sees it: its ``session_id`` (and ``session_start``'s
         ``content``, the id again) public. Most events need no change: only those
-        of sessions under a chosen id carry the prefix at all."""
-        if self.owner is None or self._prefix not in stored.data:
+        of sessions under a chosen id carry the owner at all."""
+        if self.owner is None or self._suffix not in stored.data:
             return stored
         event = json.loads(stored.data)
         stored_id = event.get("session_id")

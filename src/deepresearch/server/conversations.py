@@ -28,9 +28,9 @@ from deepresearch.sessions.records import SessionRecord
 router = APIRouter(responses=ERROR_RESPONSES)
 
 # "7" (a bare number, as the note's front end sends it) or "SESSION_ID:7"; an admin's
-# SESSION_ID may be a user's chosen id as the store keeps it, "<owner>:<id>".
+# SESSION_ID may be a user's chosen id as the store keeps it, "<id>:<owner>".
 CITATION_ID = re.compile(
-    r"(?:(?P<session>(?:[0-9a-f]{16}:)?[A-Za-z0-9][A-Za-z0-9_-]{7,63}):)?(?P<number>[0-9]{1,6})"
+    r"(?:(?P<session>[A-Za-z0-9][A-Za-z0-9_-]{7,63}(?::[0-9a-f]{16})?):)?(?P<number>[0-9]{1,6})"
 )
 
 
