@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 from pathlib import Path
 
+import httpx
+import pytest
+
+from tests.server.conftest import MakeSettings
+from tests.support import running_app
 from tests.test_cli import deepresearch
 
 
@@ -44,3 +50,18 @@ def test_a_bad_keys_file_is_named(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     one_line_naming(result.stderr, "DEEPRESEARCH_KEYS_FILE")
+
+
+async def test_the_start_up_log_and_health_say_whether_code_can_run(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="deepresearch")
+    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+        health = (await client.get("/health")).json()
+    said = [r.getMessage() for r in caplog.records if "PythonInterpreter" in r.getMessage()]
+    assert len(said) == 1
+    if health["code_execution"]:
+        assert said[0].startswith("PythonInterpreter available")
+    else:  # and /health gives the same reason
+        assert said[0].startswith("PythonInterpreter disabled")
+        assert health["code_execution_reason"] in said[0]

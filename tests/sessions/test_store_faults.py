@@ -19,6 +19,7 @@ from redis.exceptions import OutOfMemoryError
 
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.events import Completed, Event, RoundStart, utc_now
+from deepresearch.runtime import manager as manager_module
 from deepresearch.runtime.admission import Admission
 from deepresearch.runtime.manager import SessionManager, SessionRequest
 from deepresearch.runtime.metrics import Metrics
@@ -279,3 +280,37 @@ async def test_writes_failing_mid_run_end_each_stream_once_and_the_store_recover
         assert (await store.get("after-full")).status == "completed"  # type: ignore[union-attr]
     finally:
         await manager.close()
+
+
+async def test_a_follower_catches_up_on_a_long_session_a_page_at_a_time(
+    faulty: Faulty, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = faulty.store
+    await store.create(record(1, "processing"))
+    count = manager_module.READ_PAGE * 2 + 345
+    rows = [StoredEvent(seq, "round_start", f'{{"seq":{seq}}}') for seq in range(1, count + 1)]
+    for start in range(0, count, 500):
+        await store.append("session-00001", rows[start : start + 500])
+    await store.append(
+        "session-00001",
+        [StoredEvent(count + 1, "completed", "{}")],
+        SessionChanges(status="completed", ended_at=utc_now()),
+    )
+    asked: list[int | None] = []
+    read = store.events
+
+    async def events(session_id: str, after: int = 0, limit: int | None = None) -> Any:
+        asked.append(limit)
+        return await read(session_id, after, limit)
+
+    monkeypatch.setattr(store, "events", events)
+    manager = manager_for(store, tmp_path)
+    await manager.open()
+    try:
+        seqs = [row.seq async for row in manager.follow("session-00001", after=7) if row]
+    finally:
+        await manager.close()
+    assert seqs == list(range(8, count + 2))
+    assert len(asked) >= 3 and all(
+        limit is not None and limit <= manager_module.READ_PAGE for limit in asked
+    )
