@@ -25,6 +25,7 @@ from deepresearch.runtime.manager import SessionManager, SessionRequest
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.sessions.records import STATUS_BY_TERMINAL_EVENT
 from deepresearch.sessions.sqlite import SqliteSessionStore
+from deepresearch.sessions.store import SessionStore
 from tests.support import TERMINAL
 
 Step = Event | Exception
@@ -64,7 +65,7 @@ class SessionMachine(RuleBasedStateMachine):
             queue_timeout=0.5,
             disconnect_grace=0.0,
         )
-        self.store = SqliteSessionStore(self.folder / "sessions.sqlite")
+        self.store = self.make_store()
         self.admission = Admission(2, 4)
         self.queues: dict[str, asyncio.Queue[Step]] = {}
 
@@ -79,6 +80,14 @@ class SessionMachine(RuleBasedStateMachine):
         self.streams: dict[str, list[str]] = {}
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.count = 0
+
+    def make_store(self) -> SessionStore:
+        """The store under test (``tests/sessions`` runs this machine on Redis too)."""
+        return SqliteSessionStore(self.folder / "sessions.sqlite")
+
+    def full(self) -> None:
+        """The store's fault hook: a write fails as on a full disk."""
+        disk_full()
 
     def run(self, work: object) -> object:
         return self.loop.run_until_complete(work)  # type: ignore[arg-type]
@@ -156,7 +165,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     @rule(full=st.booleans())
     def disk(self, full: bool) -> None:
-        self.store.fault = disk_full if full else None
+        self.store.fault = self.full if full else None  # type: ignore[attr-defined]
         self.breathe()
 
     @rule()
@@ -170,7 +179,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.store.fault = None
+            self.store.fault = None  # type: ignore[attr-defined]
             for sid in self.live():
                 self.queues[sid].put_nowait(Completed(session_id=sid, content="done"))
             followers = list(self.followers.values())
