@@ -5,10 +5,9 @@ keys may choose the same name, and neither may learn that the other did: so a
 ``user`` key's chosen id ``X`` is kept in the store as ``X:<owner>`` (``owner``
 is the key's digest prefix; ``:`` is in no client-chosen id and no UUID; the id
 first, so logs that show an id's start tell sessions apart), and the key sees and
-uses ``X`` alone. Server-generated ids (UUIDs) are stored as
-they are. An ``IdSpace`` translates at the server's boundary, both ways: the ids
-a caller sends (``resolve``) and every id it is shown (records, events, error
-messages). An admin, and everyone when keys are off, uses the store's own ids
+uses ``X`` alone. Server-generated ids (UUIDs) are stored as they are. An
+``IdSpace`` translates at the server's boundary, both ways: the ids a caller sends
+(``resolve``) and every id it is shown (records, events, error messages). An admin, and everyone when keys are off, uses the store's own ids
 (``IdSpace(None)``, the identity): an admin sees a user's chosen id qualified
 (``X:<owner>``) and addresses it so.
 """
