@@ -4,13 +4,17 @@ numbers and JSON, a /health that shows details only to those allowed, a full sch
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
+from deepresearch.cli import _configure_logging
 from tests.server.conftest import MakeSettings
 from tests.server.hardened import hardened_app
+from tests.support import Process
 
 EVIL = "http://evil.example"
 
@@ -211,3 +215,28 @@ async def test_backend_errors_never_carry_the_backends_credentials() -> None:
             message = str(exc)
         assert "404" in message and "s3cret" not in message and "someone" not in message
         assert "s3cret" not in str(model.states())
+
+
+async def test_no_log_line_carries_a_backends_credentials(
+    make_settings: MakeSettings, sim: Process, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every log record of a session with a model, at DEBUG, with logging set up as
+    ``deepresearch serve`` sets it up (httpx logs each request's full URL at INFO)."""
+    url = sim.url.replace("http://", "http://someone:s3cret@", 1)
+    settings = make_settings(llm_url=[url])
+    httpx_logger = logging.getLogger("httpx")
+    level = httpx_logger.level
+    caplog.set_level(logging.DEBUG)
+    try:
+        _configure_logging(settings)
+        async with hardened_app(settings) as served, httpx.AsyncClient(base_url=served) as client:
+            answered = await client.post(
+                "/chat", json={"question": "tok-logs how is asthma treated?"}
+            )
+            assert answered.json()["status"] == "completed"
+            assert "s3cret" not in (await client.get("/health")).text
+    finally:
+        httpx_logger.setLevel(level)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("127.0.0.1" in line for line in lines)  # backends are named, without credentials
+    assert not [line for line in lines if "s3cret" in line or "someone" in line]
