@@ -7,9 +7,10 @@ is the key's digest prefix; ``:`` is in no client-chosen id and no UUID; the id
 first, so logs that show an id's start tell sessions apart), and the key sees and
 uses ``X`` alone. Server-generated ids (UUIDs) are stored as they are. An
 ``IdSpace`` translates at the server's boundary, both ways: the ids a caller sends
-(``resolve``) and every id it is shown (records, events, error messages). An admin, and everyone when keys are off, uses the store's own ids
-(``IdSpace(None)``, the identity): an admin sees a user's chosen id qualified
-(``X:<owner>``) and addresses it so.
+(``resolve``) and every id it is shown (records, events, error messages). An
+admin, and everyone when keys are off, uses the store's own ids (``IdSpace(None)``,
+the identity): an admin sees a user's chosen id qualified (``X:<owner>``) and
+addresses it so.
 """
 
 from __future__ import annotations
