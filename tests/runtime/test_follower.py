@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deepresearch.events import utc_now
-from deepresearch.runtime.follower import Follower
+from deepresearch.runtime.follower import Follower, LocalTail
 from deepresearch.sessions.records import SessionRecord, StoredEvent
 from deepresearch.sessions.sqlite import SqliteSessionStore
 
@@ -127,3 +127,55 @@ async def test_by_default_it_follows_while_the_record_is_unfinished(
 
 async def _true() -> bool:
     return True
+
+
+class Counted(Watched):
+    """Counts the reads that reach the store."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    async def events(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        self.reads += 1
+        return await super().events(session_id, after, limit)
+
+
+async def test_local_tail_serves_a_live_sessions_rows_from_memory(tmp_path: Path) -> None:
+    store = Counted(tmp_path / "sessions.sqlite")
+    await store.open()
+    try:
+        local = LocalTail(store, keep=4)
+        local.open("f-1")
+        for seq in (1, 2, 3):
+            await store.append("f-1", [row(seq)])
+            local.add("f-1", row(seq))
+        reads = store.reads
+        assert [r.seq for r in await local.tail("f-1", 1, 1.0)] == [2, 3]
+        waiting = asyncio.create_task(local.tail("f-1", 3, 10.0))
+        await asyncio.sleep(0)  # it waits in memory, not on the store
+        await store.append("f-1", [row(4)])
+        local.add("f-1", row(4))
+        assert [r.seq for r in await waiting] == [4]
+        assert store.reads == reads  # neither read the store
+
+        for seq in (5, 6, 7, 8):
+            await store.append("f-1", [row(seq)])
+            local.add("f-1", row(seq))
+        # Further behind than the rows kept: the store answers.
+        assert [r.seq for r in await local.tail("f-1", 2, 1.0)][:2] == [3, 4]
+        assert store.reads == reads + 1
+
+        await store.append("f-1", [row(9), row(10)])
+        local.add("f-1", row(10))  # 9 was stored but never handed over
+        assert [r.seq for r in await local.tail("f-1", 8, 1.0)] == [9, 10]
+
+        waiting = asyncio.create_task(local.tail("f-1", 10, 10.0))
+        await asyncio.sleep(0)
+        await store.append("f-1", [row(11, "completed")])
+        local.close("f-1")  # ended here: the store has the rest
+        assert [r.seq for r in await waiting] == [11]
+    finally:
+        await store.close()
