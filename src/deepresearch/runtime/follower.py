@@ -28,7 +28,7 @@ from deepresearch.sessions.records import UNFINISHED, SessionRecord, StoredEvent
 # memory at once).
 READ_PAGE = 1000
 # A follower waiting on a quiet session asks whether it still runs this often.
-RECHECK = 1.0
+RECHECK = 5.0
 
 
 class FollowedLog(Protocol):

@@ -21,7 +21,7 @@ from typing import Literal
 
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
-from deepresearch.errors import Overloaded, SessionConflict, SessionNotFound
+from deepresearch.errors import ClientError, Overloaded, SessionConflict, SessionNotFound
 from deepresearch.events import Error, utc_now
 from deepresearch.runtime.admission import Admission, Ticket
 from deepresearch.runtime.follower import Follower, LocalTail
@@ -179,7 +179,7 @@ class SessionManager:
                 try:
                     await self._resume(record)
                     continue
-                except Overloaded as exc:
+                except ClientError as exc:  # the queue (or the key's share of it) is full
                     reason = f"interrupted: the server restarted and could not resume it ({exc})"
             else:
                 reason = f"interrupted: the server stopped while this session was {record.status}"
