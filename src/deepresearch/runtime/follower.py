@@ -77,6 +77,7 @@ class Follower:
         last = after  # the last row fed to the view
         quiet_since = loop.time()
         rows = await self._first_page(view, session_id, after)
+        live = False  # the rows came from a tail that found more: no need to ask
         while True:
             for row in rows:
                 for out in view.feed(row):
@@ -88,27 +89,29 @@ class Follower:
             if len(rows) >= READ_PAGE:
                 rows = await self._log.events(session_id, last, READ_PAGE)
                 continue
-            # Caught up with the log. Asked in this order: a runner records an
-            # unstored outcome before it stops running.
-            running = await self._running(session_id)
-            if not running:
-                rows = await self._log.events(session_id, last, READ_PAGE)
-                if rows:
-                    continue
-            terminal = self._pending(session_id)
-            if terminal is not None or not running:
-                # Ended, and its terminal event (if any) is not in the store: the
-                # write failed, or is being retried. It is the last event anyway.
-                if terminal is not None and terminal.seq > last:
-                    for out in view.feed(terminal):
+            if not live:
+                # Caught up with a quiet log. Asked in this order: a runner records
+                # an unstored outcome before it stops running.
+                running = await self._running(session_id)
+                if not running:
+                    rows = await self._log.events(session_id, last, READ_PAGE)
+                    if rows:
+                        continue
+                terminal = self._pending(session_id)
+                if terminal is not None or not running:
+                    # Ended, and its terminal event (if any) is not in the store: the
+                    # write failed, or is being retried. It is the last event anyway.
+                    if terminal is not None and terminal.seq > last:
+                        for out in view.feed(terminal):
+                            yield out
+                    for out in view.flush():
                         yield out
-                for out in view.flush():
-                    yield out
-                return
+                    return
             wait = self._recheck
             if idle is not None:
                 wait = max(0.0, min(wait, quiet_since + idle - loop.time()))
             rows = await self._log.tail(session_id, last, wait)
+            live = bool(rows)
             if not rows and idle is not None and loop.time() - quiet_since >= idle:
                 yield None
                 quiet_since = loop.time()
