@@ -73,7 +73,8 @@ async def test_a_stopped_server_hands_back_and_the_next_one_resumes(tmp_path: Pa
     second = ScriptedModel(["<answer>Metformin [1].</answer>"])
     async with open_services(config, model=second) as services:
         assert services.manager.live_count == 1  # resumed at start-up
-        rows = [e async for e in services.manager.follow(session_id) if e is not None]
+        # Every stored row (deltas=True: no streamed-text row left out).
+        rows = [e async for e in services.manager.follow(session_id, deltas=True) if e is not None]
         types = [row.type for row in rows]
         assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
         assert types.count("session_start") == 1 and types.count("resumed") == 1
