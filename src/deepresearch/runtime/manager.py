@@ -181,6 +181,12 @@ class SessionManager:
                     continue
                 except ClientError as exc:  # the queue (or the key's share of it) is full
                     reason = f"interrupted: the server restarted and could not resume it ({exc})"
+                except Exception as exc:  # its conversation could not be read
+                    log.exception("[session %s] could not be resumed", record.id[:8])
+                    reason = (
+                        "interrupted: the server restarted and could not resume it "
+                        f"({type(exc).__name__})"
+                    )
             else:
                 reason = f"interrupted: the server stopped while this session was {record.status}"
             await self._mark_interrupted(record, reason)
@@ -210,11 +216,11 @@ class SessionManager:
     async def _resume(self, record: SessionRecord) -> None:
         """Run an interrupted session again: its log goes on after its last event, from
         its checkpoint if it has one; a fresh grace window for its followers."""
-        ticket = self._admission.admit(record.id, record.owner or "")
         turns = await self._store.conversation(record.conversation)
         history = tuple(
             Exchange(t.question, t.answer) for t in turns if t.answer and t.turn < record.turn
         )
+        ticket = self._admission.admit(record.id, record.owner or "")
         self._busy_conversations.add(record.conversation)
         live = self._live_session(record, ticket, self._template, history, resume=True)
         self._launch(live)
