@@ -325,8 +325,10 @@ class SessionManager:
             metrics=self._metrics,
             on_event=lambda row: self._local.add(record.id, row),
             on_unsettled=self._unsettle,
-            # The slot is free before a follower can see the terminal event.
-            on_stopped=lambda: self._admission.release(live.ticket),
+            # The slot and the conversation are free before a follower can see the
+            # terminal event (a follow-up asked meanwhile meets the stored record,
+            # still unfinished until the terminal event is written with its status).
+            on_stopped=lambda: self._stopped(live),
         )
         live = _LiveSession(run, ticket)
         return live
@@ -342,6 +344,10 @@ class SessionManager:
             live.grace = asyncio.get_running_loop().call_later(
                 max(ATTACH_WINDOW, self._settings.disconnect_grace), self._unwatched, live
             )
+
+    def _stopped(self, live: _LiveSession) -> None:
+        self._admission.release(live.ticket)
+        self._busy_conversations.discard(live.record.conversation)
 
     def _wait_turn(self, live: _LiveSession) -> WaitTurn:
         def wait() -> AsyncIterator[int]:

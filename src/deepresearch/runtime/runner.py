@@ -449,7 +449,9 @@ class SessionRun:
                 self._on_unsettled(self.id, stored, changes)
             return
         self._terminal_stored = True
-        self._stored(stored)
         if self._checkpoints is not None:
             with contextlib.suppress(Exception):  # an orphan checkpoint only costs room
                 await self._checkpoints.delete(self.id)
+        # Announced last: what a follower does next (a follow-up question) finds the
+        # run over, not still tidying up.
+        self._stored(stored)
