@@ -154,6 +154,7 @@ class SessionRun:
         self.cancel_requested = False
         self.cancel_reason = "cancelled"
         self.checkpoint_round = 0  # the round of the last checkpoint saved
+        self._checkpointed = False  # a checkpoint of this session may exist
         self._terminal_stored = False
         self._handing_back = False
         self._abandoning = False
@@ -236,8 +237,10 @@ class SessionRun:
             raise
         except Exception as exc:  # the run goes on; a resume would start further back
             log.warning("%s checkpoint after round %d not saved: %s", self.tag, state.round, exc)
+            self._checkpointed = True  # perhaps it was, after all
             return
         self.checkpoint_round = state.round
+        self._checkpointed = True
 
     # -- running ------------------------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class SessionRun:
             return None
         checkpoint = await self._checkpoints.load(self.id) if self._checkpoints else None
         self.checkpoint_round = checkpoint.round if checkpoint is not None else 0
+        self._checkpointed = checkpoint is not None
         return checkpoint
 
     async def _begin(self) -> None:
@@ -449,7 +453,7 @@ class SessionRun:
                 self._on_unsettled(self.id, stored, changes)
             return
         self._terminal_stored = True
-        if self._checkpoints is not None:
+        if self._checkpoints is not None and self._checkpointed:
             with contextlib.suppress(Exception):  # an orphan checkpoint only costs room
                 await self._checkpoints.delete(self.id)
         # Announced last: what a follower does next (a follow-up question) finds the
