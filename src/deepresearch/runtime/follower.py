@@ -4,8 +4,9 @@ A follower replays the stored rows after ``Last-Event-ID`` (a page at a time, it
 ``WireView`` primed with the earlier rows the text cut at that point needs), then
 waits on the log's blocking ``tail`` for more, until the terminal event. It never
 talks to the session's runner, so it works the same whether the runner is a task
-in this process (the SQLite store's ``tail`` is woken by each commit) or a worker
-on another machine (Redis ``XREAD BLOCK``).
+in this process (``LocalTail`` below: the rows it stored, from memory; else the
+SQLite store's ``tail``, woken by each commit) or a worker on another machine
+(Redis ``XREAD BLOCK``).
 
 Two questions it cannot answer from the log are asked of whoever knows:
 ``running(id)``: may more events still come? (the single process: is its task live;
@@ -32,7 +33,8 @@ RECHECK = 5.0
 
 
 class FollowedLog(Protocol):
-    """What a follower reads: the store's ``events`` and ``tail``."""
+    """What a follower reads: the store's ``events`` and ``tail`` (and ``get``, to
+    ask by default whether a session is unfinished)."""
 
     async def events(
         self, session_id: str, after: int = 0, limit: int | None = None
