@@ -24,7 +24,7 @@ from deepresearch.config import AgentTemplate, Settings
 from deepresearch.errors import ClientError, Overloaded, SessionConflict, SessionNotFound
 from deepresearch.events import Error, utc_now
 from deepresearch.runtime.admission import Admission, Ticket
-from deepresearch.runtime.follower import Follower, LocalTail
+from deepresearch.runtime.follower import READ_PAGE, Follower, LocalTail
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.runtime.retention import PRUNE_EVERY, Retention
 from deepresearch.runtime.runner import (
@@ -49,6 +49,7 @@ log = logging.getLogger("deepresearch.sessions")
 
 __all__ = [
     "PRUNE_EVERY",
+    "READ_PAGE",
     "AgentFactory",
     "OnDisconnect",
     "SessionManager",
