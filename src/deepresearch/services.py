@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
+from deepresearch.agent.base import AgentState, RoundHook
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
@@ -33,6 +34,7 @@ from deepresearch.search.pubmed import PubMedSearch
 from deepresearch.search.ratelimit import RateLimiter
 from deepresearch.search.results import SearchResult
 from deepresearch.sessions import SqliteSessionStore
+from deepresearch.sessions.checkpoints import SqliteCheckpointStore
 from deepresearch.tools.base import Tool
 from deepresearch.tools.files import ParseFileTool
 from deepresearch.tools.netguard import guarded_client
@@ -261,15 +263,35 @@ async def open_services(
         metrics = Metrics(admission, model.states if model is not None else list)
         services: Services
 
+        checkpoints = SqliteCheckpointStore(store_path)
+        await checkpoints.open()
+        stack.push_async_callback(checkpoints.close)
+
         def make_agent(
-            session_id: str, config: AgentTemplate, *, history: tuple[Exchange, ...] = ()
+            session_id: str,
+            config: AgentTemplate,
+            *,
+            history: tuple[Exchange, ...] = (),
+            on_round: RoundHook | None = None,
+            checkpoint: AgentState | None = None,
         ) -> Agent:
             if services.model is None:
-                # No model reads context: the digest answers each question on its own.
+                # No model reads context: the digest answers each question on its own
+                # (and, having no model calls to save, simply runs again on a resume).
                 return EvidenceDigestAgent(session_id, services.tools)
-            return ReactAgent(session_id, services.model, services.tools, config, history=history)
+            return ReactAgent(
+                session_id,
+                services.model,
+                services.tools,
+                config,
+                history=history,
+                on_round=on_round,
+                checkpoint=checkpoint,
+            )
 
-        manager = SessionManager(settings, store, admission, metrics, make_agent)
+        manager = SessionManager(
+            settings, store, admission, metrics, make_agent, checkpoints=checkpoints
+        )
         services = Services(
             settings=settings,
             admission=admission,
