@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -40,6 +40,9 @@ from deepresearch.tools.python import PythonInterpreterTool
 from deepresearch.tools.sandbox import Sandbox, SandboxLimits, unprivileged_sandbox
 from deepresearch.tools.search import SearchBackend, SearchTool
 from deepresearch.tools.visit import VisitTool
+
+if TYPE_CHECKING:
+    from deepresearch.runtime.dispatch import Cluster, DistributedSessions
 
 log = logging.getLogger("deepresearch")
 
@@ -78,7 +81,9 @@ class Services:
     settings: Settings
     admission: Admission
     metrics: Metrics
-    manager: SessionManager
+    # The local manager, or in distributed mode (DEEPRESEARCH_REDIS_URL) the node's
+    # dispatcher: the same methods for the routes.
+    manager: SessionManager | DistributedSessions
     index: EvidenceIndex
     model: ChatModel | None
     pool: BackendPool | None  # the backends behind ``model``, when it was built here
@@ -88,6 +93,9 @@ class Services:
     index_state: IndexState = field(default_factory=IndexState)
     search_backends: list[SearchBackend] = field(default_factory=list)
     tools: Mapping[str, Tool] = field(default_factory=dict)
+    cluster: Cluster | None = None  # distributed mode: the shared Redis parts
+    # Builds a session's agent: (session_id, config, history=...) -> Agent.
+    agent_factory: Callable[..., Agent] | None = None
 
 
 def default_tools(services: Services) -> dict[str, Tool]:
@@ -239,12 +247,20 @@ async def open_services(
         settings.data_dir.chmod(0o700)
         client = await stack.enter_async_context(httpx.AsyncClient())
         page_client = await stack.enter_async_context(guarded_client())
-        store_path = settings.database_path
-        if store_dir is not None:
-            store_path = store_dir / settings.database_path.name
-        store = SqliteSessionStore(store_path)
-        await store.open()
-        stack.push_async_callback(store.close)
+        cluster: Cluster | None = None
+        if settings.distributed:
+            from deepresearch.runtime.dispatch import Cluster
+
+            cluster = Cluster(settings)
+            await cluster.open()
+            stack.push_async_callback(cluster.close)
+        else:
+            store_path = settings.database_path
+            if store_dir is not None:
+                store_path = store_dir / settings.database_path.name
+            store = SqliteSessionStore(store_path)
+            await store.open()
+            stack.push_async_callback(store.close)
         index = EvidenceIndex(settings.index_path)
         stack.callback(index.close)
         keyed = bool(settings.api_keys or settings.keys_file)  # quotas are per client key
@@ -269,7 +285,13 @@ async def open_services(
                 return EvidenceDigestAgent(session_id, services.tools)
             return ReactAgent(session_id, services.model, services.tools, config, history=history)
 
-        manager = SessionManager(settings, store, admission, metrics, make_agent)
+        manager: SessionManager | DistributedSessions
+        if cluster is not None:
+            from deepresearch.runtime.dispatch import DistributedSessions
+
+            manager = DistributedSessions(settings, cluster)
+        else:
+            manager = SessionManager(settings, store, admission, metrics, make_agent)
         services = Services(
             settings=settings,
             admission=admission,
@@ -281,6 +303,8 @@ async def open_services(
             capacity=capacity,
             page_client=page_client,
             sandbox=unprivileged_sandbox(allow_same_user=settings.python_same_user),
+            cluster=cluster,
+            agent_factory=make_agent,
         )
         if services.sandbox.scratch_root is not None:
             stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
