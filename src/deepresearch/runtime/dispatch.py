@@ -63,9 +63,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
+from deepresearch.agent.conversation import Exchange
 from deepresearch.config import Settings
 from deepresearch.errors import Overloaded, SessionConflict, SessionNotFound
-from deepresearch.agent.conversation import Exchange
 from deepresearch.events import (
     TERMINAL_TYPES,
     Cancelled,

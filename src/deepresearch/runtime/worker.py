@@ -62,7 +62,7 @@ log = logging.getLogger("deepresearch.worker")
 
 # How often the worker tells the cluster it is alive (its slots, its sessions).
 WORKER_BEAT = 2.0
-# While every slot is busy (``auto``), whether one has come free is checked this often.
+# While every slot is busy (``auto``), the adaptive limit is looked at again this often.
 SLOT_POLL = 0.25
 
 
@@ -100,6 +100,7 @@ class SessionWorker:
         self._started_at = datetime.now(UTC)
         self._running: dict[str, SessionRun] = {}
         self._dequeuing = 0
+        self._room = asyncio.Event()
         timings = self._cluster.timings
         if self._settings.adaptive:
             self._cluster.queue.gate = self._slot_free
@@ -127,7 +128,10 @@ class SessionWorker:
         the sessions running and the dequeues under way (a soft bound: a job between
         its dequeue and its start is counted by neither for a moment)."""
         while len(self.saq.job_task_contexts) + self._dequeuing >= self.slots:
-            await asyncio.sleep(SLOT_POLL)
+            # A session ending sets it; the limit growing is seen at the next look.
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), SLOT_POLL)
         self._dequeuing += 1
         try:
             yield
@@ -229,6 +233,7 @@ class SessionWorker:
                 await asyncio.gather(beat, return_exceptions=True)
                 self._running.pop(sid, None)
                 self._sessions.running_owners.pop(sid, None)
+                self._room.set()
             if outcome.lease_lost:
                 return "lease lost"
             return outcome.status or "handed back"
