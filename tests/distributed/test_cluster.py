@@ -1,0 +1,240 @@
+"""Two API nodes and two workers, real processes on a real Redis, the LLM simulated:
+streams on one node replayed identically on the other, a cancel across nodes, a worker
+killed mid-run (its sessions resume elsewhere from their last round), Redis restarted
+mid-run. Every stream ends with exactly one terminal event, its last."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.distributed.cluster import Cluster, eventually, sim_requests
+from tests.redis_server import RedisServer
+from tests.support import TERMINAL, Process, SSEEvent, SSEStream, collect, iter_sse
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    durable_redis: RedisServer, llm: Process, corpus: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    cluster = Cluster(durable_redis, tmp_path_factory.mktemp("cluster"), llm.url, corpus, "c")
+    try:
+        cluster.start_worker()
+        cluster.start_worker()
+        cluster.start_node()
+        cluster.start_node()
+        cluster.wait_for_workers(2)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def one_terminal_last(stream: SSEStream) -> None:
+    terminals = [t for t in stream.types if t in TERMINAL]
+    assert len(terminals) == 1 and stream.types[-1] in TERMINAL, stream.types
+    assert [e.id for e in stream.events] == list(range(1, len(stream.events) + 1))
+
+
+class Reader:
+    """One client's SSE stream, read event by event in the background."""
+
+    def __init__(self, client: httpx.AsyncClient, method: str, url: str, **kwargs: object):
+        self.events: list[SSEEvent] = []
+        self._seen = asyncio.Condition()
+        self.task = asyncio.create_task(self._read(client, method, url, kwargs))
+
+    async def _read(
+        self, client: httpx.AsyncClient, method: str, url: str, kwargs: dict[str, object]
+    ) -> SSEStream:
+        async with client.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
+            result = SSEStream(response.status_code)
+            async for event in iter_sse(response):
+                if event is None:
+                    continue
+                async with self._seen:
+                    self.events.append(event)
+                    result.events.append(event)
+                    self._seen.notify_all()
+                if event.type in TERMINAL:
+                    break
+            return result
+
+    async def until(self, predicate: object, timeout: float = 60) -> SSEEvent:
+        """The first event for which ``predicate(event)`` holds, waiting for it."""
+        assert callable(predicate)
+        async with asyncio.timeout(timeout), self._seen:
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                if self.task.done():
+                    raise AssertionError(f"the stream ended first: {[e.type for e in self.events]}")
+                await self._seen.wait()
+
+    @property
+    def session_id(self) -> str:
+        return str(self.events[0].data["session_id"])
+
+    async def result(self, timeout: float = 90) -> SSEStream:
+        async with asyncio.timeout(timeout):
+            return await self.task
+
+
+async def test_sessions_posted_to_one_node_replay_identically_on_the_other(
+    cluster: Cluster,
+) -> None:
+    node_a, node_b = (node.url for node in cluster.nodes)
+    async with (
+        httpx.AsyncClient(base_url=node_a, timeout=60) as a,
+        httpx.AsyncClient(base_url=node_b, timeout=60) as b,
+    ):
+        questions = [f"What about tok-replay{n}? [sim:rounds={n}] [sim:slow=5]" for n in (1, 2, 3)]
+        streams = await asyncio.gather(
+            *(collect(a, "POST", "/chat/stream", json={"question": q}) for q in questions)
+        )
+        ids = []
+        for stream in streams:
+            assert stream.status == 200
+            one_terminal_last(stream)
+            assert stream.types[0] == "session_start" and stream.types[-1] == "completed"
+            assert "init" in stream.types and "final_answer" in stream.types
+            assert "resumed" not in stream.types
+            ids.append(stream.events[0].data["session_id"])
+
+        listing = (await b.get("/sessions", params={"status": "completed"})).json()
+        assert set(ids) <= set(listing["active_sessions"])
+        for session_id, stream in zip(ids, streams, strict=True):
+            replay = await collect(b, "GET", f"/sessions/{session_id}/events")
+            assert [(e.id, e.data) for e in replay.events] == [
+                (e.id, e.data) for e in stream.events
+            ]
+            record = (await b.get(f"/sessions/{session_id}")).json()
+            assert record["status"] == "completed" and "tok-replay" in record["answer"]
+            # A client resuming mid-way on the other node gets exactly the rest.
+            middle = len(stream.events) // 2
+            rest = await collect(
+                b, "GET", f"/sessions/{session_id}/events", headers={"Last-Event-ID": str(middle)}
+            )
+            assert [e.id for e in rest.events] == [e.id for e in stream.events[middle:]]
+
+        health = (await b.get("/health")).json()
+        assert health["workers"] == 2
+        assert health["max_concurrent"] == 2 * 3  # the sum of the workers' limits
+
+
+async def test_cancel_on_one_node_ends_a_stream_on_the_other(cluster: Cluster) -> None:
+    node_a, node_b = (node.url for node in cluster.nodes)
+    async with (
+        httpx.AsyncClient(base_url=node_a, timeout=60) as a,
+        httpx.AsyncClient(base_url=node_b, timeout=60) as b,
+    ):
+        reader = Reader(
+            a, "POST", "/chat/stream", json={"question": "tok-long [sim:rounds=50] [sim:slow=20]"}
+        )
+        await reader.until(lambda e: e.type == "round_start")
+        holder = cluster.lease_holder(reader.session_id)
+        assert holder is not None  # a worker runs it
+
+        answer = await b.delete(f"/sessions/{reader.session_id}")
+        assert answer.status_code == 200
+        assert answer.json()["status"] == "cancelled"
+
+        stream = await reader.result()
+        one_terminal_last(stream)
+        assert stream.types[-1] == "cancelled"
+        assert stream.events[-1].data["content"] == "cancelled by the client"
+        assert cluster.lease_holder(reader.session_id) is None  # let go at the end
+
+
+async def test_a_killed_workers_sessions_resume_on_the_other_from_their_last_round(
+    cluster: Cluster, llm: Process
+) -> None:
+    rounds = 4  # tool rounds; the answer is one call more
+    node_a = cluster.nodes[0].url
+    async with httpx.AsyncClient(base_url=node_a, timeout=60) as a:
+        before = await sim_requests(a, llm.url)
+        readers = [
+            Reader(
+                a,
+                "POST",
+                "/chat/stream",
+                json={"question": f"tok-kill{n} [sim:rounds={rounds}] [sim:slow=40]"},
+            )
+            for n in range(2)
+        ]
+        for reader in readers:
+            await reader.until(lambda e: e.type == "round_start" and e.data["round"] == 3)
+        holders = {r.session_id: cluster.lease_holder(r.session_id) for r in readers}
+        victim = next(iter(holders.values()))
+        assert victim is not None
+        pid = int(victim.split(":")[1])  # tokens are host:pid:nonce
+        cluster.kill_worker(pid)
+        killed = [sid for sid, holder in holders.items() if holder and f":{pid}:" in holder]
+
+        streams = [await reader.result() for reader in readers]
+        for stream in streams:
+            one_terminal_last(stream)
+            assert stream.types[-1] == "completed"
+            assert stream.types.count("session_start") == 1
+        for stream in streams:
+            sid = stream.events[0].data["session_id"]
+            if sid not in killed:
+                assert "resumed" not in stream.types
+                continue
+            resumed = next(e for e in stream.events if e.type == "resumed")
+            assert resumed.data["round"] >= 2  # it went on from a checkpoint...
+            after = stream.events[stream.events.index(resumed) :]
+            later_rounds = [e.data["round"] for e in after if e.type == "round_start"]
+            assert later_rounds and min(later_rounds) == resumed.data["round"] + 1
+            record = cluster.record(sid)
+            assert record["status"] == "completed"
+
+        # ...so the completed rounds were not asked again: each session made its
+        # rounds + 1 calls, plus at most the one in flight when its worker died.
+        calls = await sim_requests(a, llm.url) - before
+        assert calls <= 2 * (rounds + 1) + len(killed)
+
+    cluster.start_worker()  # back to two for the tests after this one
+    cluster.wait_for_workers(2)
+
+
+async def test_redis_restarted_mid_run_leaves_nothing_processing(cluster: Cluster) -> None:
+    node_a, node_b = (node.url for node in cluster.nodes)
+    async with (
+        httpx.AsyncClient(base_url=node_a, timeout=90) as a,
+        httpx.AsyncClient(base_url=node_b, timeout=90) as b,
+    ):
+        readers = [
+            Reader(
+                client,
+                "POST",
+                "/chat/stream",
+                json={"question": f"tok-restart{n} [sim:rounds=3] [sim:slow=30]"},
+            )
+            for n, client in enumerate((a, b))
+        ]
+        for reader in readers:
+            await reader.until(lambda e: e.type == "round_start")
+        await asyncio.to_thread(cluster.redis.restart)
+
+        for reader in readers:
+            stream = await reader.result()
+            one_terminal_last(stream)
+            assert stream.types[-1] in {"completed", "error"}
+            if stream.types[-1] == "error":
+                assert stream.events[-1].data["content"]  # says why
+
+        async def settled() -> bool | None:
+            for status in ("processing", "queued"):
+                listing = (await b.get("/sessions", params={"status": status})).json()
+                if listing["total"]:
+                    return None
+            return True
+
+        await eventually(settled, 30, "no session left processing or queued")
