@@ -6,6 +6,7 @@ mid-run. Every stream ends with exactly one terminal event, its last."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +239,59 @@ async def test_redis_restarted_mid_run_leaves_nothing_processing(cluster: Cluste
             return True
 
         await eventually(settled, 30, "no session left processing or queued")
+
+
+async def test_sigterm_hands_unfinished_sessions_back_to_another_worker(cluster: Cluster) -> None:
+    """Graceful shutdown: the worker stops taking jobs, gives its sessions the grace
+    period (5 s here), then hands them back: another worker resumes them."""
+    node_a = cluster.nodes[0].url
+    async with httpx.AsyncClient(base_url=node_a, timeout=60) as a:
+        reader = Reader(
+            a, "POST", "/chat/stream", json={"question": "tok-term [sim:rounds=12] [sim:slow=40]"}
+        )
+        await reader.until(lambda e: e.type == "round_start" and e.data["round"] == 2)
+        holder = cluster.lease_holder(reader.session_id)
+        assert holder is not None
+        pid = int(holder.split(":")[1])
+        worker = next(w for w in cluster.workers if w.pid == pid)
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 30) == 0
+        cluster.workers.remove(worker)
+
+        stream = await reader.result()
+        one_terminal_last(stream)
+        assert stream.types[-1] == "completed"
+        resumed = next(e for e in stream.events if e.type == "resumed")
+        assert resumed.data["round"] >= 1
+    cluster.start_worker()
+    cluster.wait_for_workers(2)
+
+
+async def test_a_session_whose_clients_all_left_is_cancelled_by_its_worker(
+    cluster: Cluster,
+) -> None:
+    """on_disconnect=cancel across processes: the node stops renewing the session's
+    watch key when its last follower leaves; the worker sees it gone and cancels."""
+    node_a = cluster.nodes[0].url
+    async with httpx.AsyncClient(base_url=node_a, timeout=60) as a:
+        started = await collect(
+            a,
+            "POST",
+            "/chat/stream",
+            json={
+                "question": "tok-gone [sim:rounds=50] [sim:slow=20]",
+                "on_disconnect": "cancel",
+            },
+            limit=4,
+        )
+        session_id = started.events[0].data["session_id"]
+
+        async def ended() -> dict[str, object] | None:
+            record = (await a.get(f"/sessions/{session_id}")).json()
+            return record if record["status"] not in {"queued", "processing"} else None
+
+        record = await eventually(ended, 30, "the worker cancels the unwatched session")
+        assert record["status"] == "cancelled"
+        replay = await collect(a, "GET", f"/sessions/{session_id}/events")
+        one_terminal_last(replay)
+        assert replay.events[-1].data["content"] == "cancelled: the client disconnected"

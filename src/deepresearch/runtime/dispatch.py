@@ -97,6 +97,8 @@ QUEUE_FUNCTION = "run_session"
 JOB_RETRIES = 10
 # saq keeps a finished job's record this long (seconds).
 JOB_TTL = 3600
+# The sweep waits this long for a swept job's abort to be acknowledged (see Timings).
+ABORT_WAIT = 0.1
 # A node holds a session's lease this long at most, to write one event.
 NODE_LEASE = 2.0
 # Queue positions are read and announced at most this often.
@@ -123,11 +125,16 @@ def _reconnecting_retry() -> Retry:
 class Timings:
     """saq's timers and the lease, from one figure: ``DEEPRESEARCH_RECOVERY_SECONDS``.
 
-    A dead worker's job is found by the sweep (every ``sweep`` s) once its heartbeat
-    is ``heartbeat`` s old; the sweep then waits ``abort_wait`` s for an abort nobody
-    will acknowledge and re-queues it. So takeover ≤ heartbeat + sweep + abort_wait =
-    the recovery figure. The lease's TTL is the heartbeat: by the time the job is
-    re-queued the dead worker's lease has lapsed.
+    A dead worker's job is found by the sweep (every ``sweep`` s, by whichever worker
+    takes the sweep's lock) once its heartbeat is ``heartbeat`` s old; the sweep asks
+    it to abort, waits ``abort_wait`` s for an answer nobody will give, and re-queues
+    it. saq's default wait is 5 s *per job, one job after another*: a worker dying
+    with 64 sessions would take five minutes to recover. The lease is what guards a
+    session against two runners, so the wait is cut to a tenth of a second. The
+    heartbeat takes what is left of the recovery figure after the sweep period and a
+    2 s margin (the swept jobs' waits, the new attempt taking the lease). The lease's
+    TTL is the heartbeat: by the time a job is re-queued its dead worker's lease has
+    lapsed.
     """
 
     recovery: float
@@ -138,9 +145,8 @@ class Timings:
     @classmethod
     def for_recovery(cls, seconds: float) -> Timings:
         sweep = max(1, int(seconds // 6))
-        abort_wait = float(min(5, sweep))
-        heartbeat = max(1, int(seconds - sweep - abort_wait))
-        return cls(seconds, sweep, abort_wait, heartbeat)
+        heartbeat = max(1, int(seconds - sweep - 2))
+        return cls(seconds, sweep, ABORT_WAIT, heartbeat)
 
     @property
     def lease_ttl(self) -> float:
@@ -153,7 +159,7 @@ class Timings:
 
 
 class SessionQueue(RedisQueue):
-    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for an abort."""
+    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for each abort."""
 
     def __init__(self, redis: Redis, *, name: str, abort_wait: float) -> None:
         super().__init__(redis, name=name, swept_error_message="swept")

@@ -109,7 +109,13 @@ class SessionWorker:
             functions=[(QUEUE_FUNCTION, self._job)],
             id=self.name,
             concurrency=slots_for(self._settings),
-            timers={"sweep": timings.sweep, "abort": 1, "schedule": 1, "worker_info": 10},
+            # (saq waits out its upkeep loops at shutdown: none sleeps longer than the sweep)
+            timers={
+                "sweep": timings.sweep,
+                "abort": 1,
+                "schedule": 1,
+                "worker_info": timings.sweep,
+            },
             # Idle dequeues return this often, so a SIGTERM stops them at once.
             dequeue_timeout=1.0,
             shutdown_grace_period_s=shutdown_grace(self._settings),
