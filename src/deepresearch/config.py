@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     search: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
     retention_days: float = Field(default=30.0, gt=0)
     retention_max_sessions: int = Field(default=10_000, ge=1)
+    # A session a stopped or crashed server left queued or processing goes on when it
+    # starts again (from its last round's checkpoint); off: it is marked failed.
+    resume_on_start: bool = True
 
     # Live literature sources behind `search` (NCBI asks for a tool name and an email).
     ncbi_api_key: str | None = None

@@ -41,6 +41,16 @@ class Init(BaseEvent):
     type: Literal["init"] = "init"
 
 
+class Resumed(BaseEvent):
+    """The session goes on after an interruption (a server restart, a worker that
+    died): its log continues; the rounds up to ``round`` are not run again (0: its
+    rounds start again). Anything streamed since that round is void. An addition the
+    contract allows (clients ignore types they do not know)."""
+
+    type: Literal["resumed"] = "resumed"
+    round: int
+
+
 class RoundStart(BaseEvent):
     type: Literal["round_start"] = "round_start"
     round: int
@@ -137,6 +147,7 @@ Event = Annotated[
     SessionStart
     | Queued
     | Init
+    | Resumed
     | RoundStart
     | Thinking
     | ToolCallStart

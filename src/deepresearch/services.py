@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
+from deepresearch.agent.base import AgentState, RoundHook
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
@@ -33,6 +34,7 @@ from deepresearch.search.pubmed import PubMedSearch
 from deepresearch.search.ratelimit import RateLimiter
 from deepresearch.search.results import SearchResult
 from deepresearch.sessions import SqliteSessionStore
+from deepresearch.sessions.checkpoints import SqliteCheckpointStore
 from deepresearch.tools.base import Tool
 from deepresearch.tools.files import ParseFileTool
 from deepresearch.tools.netguard import guarded_client
@@ -278,12 +280,26 @@ async def open_services(
         services: Services
 
         def make_agent(
-            session_id: str, config: AgentTemplate, *, history: tuple[Exchange, ...] = ()
+            session_id: str,
+            config: AgentTemplate,
+            *,
+            history: tuple[Exchange, ...] = (),
+            on_round: RoundHook | None = None,
+            checkpoint: AgentState | None = None,
         ) -> Agent:
             if services.model is None:
-                # No model reads context: the digest answers each question on its own.
+                # No model reads context: the digest answers each question on its own
+                # (and, having no model calls to save, simply runs again on a resume).
                 return EvidenceDigestAgent(session_id, services.tools)
-            return ReactAgent(session_id, services.model, services.tools, config, history=history)
+            return ReactAgent(
+                session_id,
+                services.model,
+                services.tools,
+                config,
+                history=history,
+                on_round=on_round,
+                checkpoint=checkpoint,
+            )
 
         manager: SessionManager | DistributedSessions
         if cluster is not None:
@@ -291,7 +307,12 @@ async def open_services(
 
             manager = DistributedSessions(settings, cluster)
         else:
-            manager = SessionManager(settings, store, admission, metrics, make_agent)
+            checkpoints = SqliteCheckpointStore(store_path)
+            await checkpoints.open()
+            stack.push_async_callback(checkpoints.close)
+            manager = SessionManager(
+                settings, store, admission, metrics, make_agent, checkpoints=checkpoints
+            )
         services = Services(
             settings=settings,
             admission=admission,

@@ -1,4 +1,6 @@
-"""kill -9 mid-run: finished sessions survive intact; nothing is left processing."""
+"""kill -9 mid-run with resuming turned off: finished sessions survive intact; the
+interrupted one is marked failed; nothing is left processing. (With resuming on, the
+default, see ``tests/e2e/test_restart_resume.py``.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ async def test_kill_nine_then_restart_settles_interrupted_sessions(tmp_path: Pat
     corpus = write_corpus(tmp_path / "corpus")
     data = tmp_path / "data"
     with simulator() as sim:
-        env = {"DEEPRESEARCH_CORPUS": str(corpus), "DEEPRESEARCH_LLM_URL": sim.url}
+        env = {
+            "DEEPRESEARCH_CORPUS": str(corpus),
+            "DEEPRESEARCH_LLM_URL": sim.url,
+            "DEEPRESEARCH_RESUME_ON_START": "false",
+        }
         with server(data, **env) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
                 done = await collect(client, "POST", "/chat/stream", json={"question": "tok-done"})

@@ -105,7 +105,12 @@ def _plain(title: str) -> str:
 
 
 class EvidenceDigestAgent:
-    """Searches once with the question and answers with an extractive digest."""
+    """Searches once with the question and answers with an extractive digest.
+
+    It keeps no checkpoints: it has one round and calls no model, so a session
+    interrupted mid-way simply runs again when it resumes (same search, same
+    numbering, same answer).
+    """
 
     def __init__(self, session_id: str, tools: Mapping[str, Tool]) -> None:
         self.session_id = session_id

@@ -7,9 +7,11 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
+from typing import cast
 
+from deepresearch.agent.base import AgentState, RoundHook
 from deepresearch.agent.citations import cite, renumber_partial
 from deepresearch.agent.conversation import Exchange, framed_question
 from deepresearch.agent.dialects import Dialect, dialect_for, safe_markdown
@@ -36,7 +38,7 @@ from deepresearch.llm.base import (
     StartOver,
     estimate_tokens,
 )
-from deepresearch.tools.base import Tool, ToolContext
+from deepresearch.tools.base import Source, Tool, ToolContext
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,13 @@ class ReactAgent:
         config: AgentTemplate,
         today: date | None = None,
         history: tuple[Exchange, ...] = (),
+        *,
+        on_round: RoundHook | None = None,
+        checkpoint: AgentState | None = None,
     ) -> None:
+        """``on_round``: awaited with the agent's state after each completed round (the
+        runtime keeps it as the checkpoint); ``checkpoint``: such a state to go on
+        from, at the round after it (no completed round's model call is made again)."""
         self.session_id = session_id
         self._history = history  # the conversation's earlier turns
         self._answer_announced = False  # answer_generation is sent once
@@ -96,18 +104,62 @@ class ReactAgent:
         self._context = ToolContext(session_id)
         self._round_call = CallContext(session_id, "round")
         self._count_call = CallContext(session_id, "count")
+        self._on_round = on_round
+        self._checkpoint = checkpoint
+        self.counters = {"model_calls": 0, "tool_calls": 0}
+        if checkpoint is not None:
+            self._restore(checkpoint)
 
-    async def run(self, question: str) -> AsyncGenerator[Event, None]:
-        sid = self.session_id
+    def _state(self, round_number: int, messages: list[Message]) -> AgentState:
+        """Everything a resumed run needs to go on after ``round_number``, as JSON."""
+        return AgentState(
+            round=round_number,
+            messages=[dict(message) for message in messages],
+            counters=dict(self.counters),
+            extra={
+                # In number order: a resumed run numbers new sources after them.
+                "sources": [asdict(source) for source in self._context.citations.sources()],
+                "calls": sorted(self._tools.seen),
+                "answer_announced": self._answer_announced,
+                "generation": self._config.generation.model_dump(mode="json"),
+            },
+        )
+
+    def _restore(self, state: AgentState) -> None:
+        extra = state.extra
+        for source in extra.get("sources", []):
+            self._context.citations.number(Source(**source))
+        self._tools.seen.update(extra.get("calls", []))
+        self._answer_announced = bool(extra.get("answer_announced", False))
+        if "generation" in extra:  # the request's own settings, not the server's defaults
+            generation = GenerationSettings.model_validate(extra["generation"])
+            self._config = self._config.model_copy(update={"generation": generation})
+        self.counters.update(state.counters)
+
+    async def _round_done(self, round_number: int, messages: list[Message]) -> None:
+        if self._on_round is not None:
+            await self._on_round(self._state(round_number, messages))
+
+    def _first_messages(self, question: str) -> list[Message]:
         dialect = self._dialect
-        messages: list[Message] = [
+        return [
             {"role": "system", "content": dialect.system_prompt(self._tools.tools, self._today)},
             {
                 "role": "user",
                 "content": framed_question(question, self._history, self._config.context_tokens),
             },
         ]
-        for round_number in range(1, self._config.max_rounds + 1):
+
+    async def run(self, question: str) -> AsyncGenerator[Event, None]:
+        sid = self.session_id
+        dialect = self._dialect
+        first_round = 1
+        if self._checkpoint is not None:
+            messages = [cast(Message, dict(m)) for m in self._checkpoint.messages]
+            first_round = self._checkpoint.round + 1
+        else:
+            messages = self._first_messages(question)
+        for round_number in range(first_round, self._config.max_rounds + 1):
             yield RoundStart(session_id=sid, round=round_number)
             settings, last_call = await self._fit(messages)
             if settings is None:
@@ -117,6 +169,7 @@ class ReactAgent:
                 )
                 return
             reply = _Reply()
+            self.counters["model_calls"] += 1
             async for event in self._stream_reply(messages, settings, round_number, reply):
                 yield event
             messages.append(dialect.assistant_message(reply.text, reply.calls))
@@ -145,15 +198,18 @@ class ReactAgent:
                 return
             if isinstance(parsed, NoAction):
                 messages.append({"role": "user", "content": NUDGE})
+                await self._round_done(round_number, messages)
                 continue
             for call in parsed:
                 if isinstance(call, Malformed):
                     events = self._tools.reject(call.reason, round_number)
                 else:
+                    self.counters["tool_calls"] += 1
                     events = self._tools.call(call, round_number, self._context)
                 async for event in events:
                     yield event
                 messages.append(dialect.tool_message(call, self._tools.last))
+            await self._round_done(round_number, messages)
         yield NoAnswer(session_id=sid, content=f"no answer after {self._config.max_rounds} rounds")
 
     async def _fit(self, messages: list[Message]) -> tuple[GenerationSettings | None, bool]:

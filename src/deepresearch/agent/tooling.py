@@ -25,7 +25,7 @@ class ToolRunner:
         self.session_id = session_id
         self.tools = list(tools.values())
         self._by_name = dict(tools)
-        self._seen: set[str] = set()
+        self.seen: set[str] = set()  # every call made, as keys: a repeat is pointed out
         self.last = ""
 
     async def call(
@@ -40,8 +40,8 @@ class ToolRunner:
             content=f"{call.name}: {_describe(call.arguments)}",
         )
         key = json.dumps([call.name, call.arguments], sort_keys=True)
-        repeated = key in self._seen
-        self._seen.add(key)
+        repeated = key in self.seen
+        self.seen.add(key)
         tool = self._by_name.get(call.name)
         try:
             if tool is None:

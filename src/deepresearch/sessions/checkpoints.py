@@ -32,6 +32,8 @@ class Checkpoint:
     last_seq: int  # the event log's last sequence number when it was taken
     messages: list[dict[str, Any]]  # the model's conversation, as sent
     counters: dict[str, int] = field(default_factory=dict)  # tool calls, tokens, ...
+    # The rest of the agent's state a resumed run needs (numbered sources, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
     saved_at: datetime | None = None  # set by the store
 
     def to_json(self) -> str:
@@ -41,6 +43,7 @@ class Checkpoint:
                 "last_seq": self.last_seq,
                 "messages": self.messages,
                 "counters": self.counters,
+                "extra": self.extra,
                 "saved_at": (self.saved_at or datetime.now(UTC)).isoformat(),
             }
         )
@@ -54,6 +57,7 @@ class Checkpoint:
             last_seq=data["last_seq"],
             messages=data["messages"],
             counters=data["counters"],
+            extra=data.get("extra", {}),
             saved_at=datetime.fromisoformat(data["saved_at"]),
         )
 

@@ -366,6 +366,8 @@ class SqliteSessionStore:
         session_id: str,
         events: Sequence[StoredEvent],
         changes: SessionChanges | None = None,
+        *,
+        lease: str | None = None,  # one process writes this store: nothing to fence
     ) -> None:
         await self._submit(_Write(session_id, events, changes, self._future()))
 

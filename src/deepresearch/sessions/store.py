@@ -30,10 +30,15 @@ class SessionStore(Protocol):
         session_id: str,
         events: Sequence[StoredEvent],
         changes: SessionChanges | None = None,
+        *,
+        lease: str | None = None,
     ) -> None:
         """Persist events (and optionally record changes) atomically, in order.
 
-        Returns once they are durable enough to be read back by ``events``.
+        Returns once they are durable enough to be read back by ``events``. With
+        ``lease`` (a token) a store shared by several processes refuses the write
+        (``LeaseLost``) unless that token holds the session's lease; a store with a
+        single writer (SQLite) accepts and ignores it.
         """
 
     async def update(self, session_id: str, changes: SessionChanges) -> None:
@@ -58,6 +63,10 @@ class SessionStore(Protocol):
         self, session_id: str, after: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         """The session's events with ``seq > after``, in order; at most ``limit``."""
+
+    async def tail(self, session_id: str, after: int, timeout: float) -> list[StoredEvent]:
+        """The events with ``seq > after``, waiting up to ``timeout`` seconds for the
+        first one (see ``sessions/eventlog.py``); an empty list if none came."""
 
     async def conversation(self, conversation_id: str) -> list[SessionRecord]:
         """The sessions of a conversation (its turns), first turn first; empty if none."""

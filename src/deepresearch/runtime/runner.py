@@ -1,0 +1,428 @@
+"""Running one session whose record exists: the agent, its numbered events, its end.
+
+``SessionRun`` is what both modes run: the single-process ``SessionManager`` around
+it (admission, grace timers, cancel) and a distributed worker (whose job queue is
+its admission). One run:
+
+- appends each event under the next sequence number, streamed text through the
+  ``Compactor``, every write fenced by the lease token when there is one
+  (``store.append(..., lease=token)``);
+- waits for its turn only if it is given a ``wait_turn`` step (each position it
+  yields is announced as ``queued``);
+- saves a checkpoint after each completed round (when it has a checkpoint store and
+  the agent keeps them), and goes on from the last one when it resumes;
+- ends with exactly one terminal event, written with the final status in one
+  append, on every path: the agent's end, cancel, time limit, a storage failure,
+  an agent error. Two paths end it without writing anything: a *hand back* (the
+  process is shutting down; the session is run again elsewhere from its
+  checkpoint) and a *lost lease* (another worker runs it now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from deepresearch.agent.base import Agent, AgentState
+from deepresearch.agent.conversation import Exchange
+from deepresearch.config import AgentTemplate
+from deepresearch.errors import LeaseLost, SessionFailure
+from deepresearch.events import (
+    TERMINAL_TYPES,
+    Cancelled,
+    Error,
+    Event,
+    FinalAnswer,
+    Init,
+    Queued,
+    Resumed,
+    SessionStart,
+    Timeout,
+    utc_now,
+)
+from deepresearch.runtime.admission import QueueTimeout
+from deepresearch.runtime.deltas import Compactor
+from deepresearch.runtime.metrics import Metrics
+from deepresearch.sessions.checkpoints import Checkpoint, CheckpointStore
+from deepresearch.sessions.records import (
+    STATUS_BY_TERMINAL_EVENT,
+    UNFINISHED,
+    SessionChanges,
+    SessionRecord,
+    SessionStatus,
+    StoredEvent,
+)
+from deepresearch.sessions.store import SessionStore
+
+log = logging.getLogger("deepresearch.sessions")
+
+# (session_id, config, **keywords) -> Agent. Keywords, each only when used:
+# ``history`` (a follow-up's earlier turns), ``on_round`` (the checkpoint hook),
+# ``checkpoint`` (an ``AgentState`` to go on from).
+AgentFactory = Callable[..., Agent]
+# Waits for a slot, yielding queue positions meanwhile; ``QueueTimeout`` if none comes.
+WaitTurn = Callable[[], AsyncIterator[int]]
+# Told about a terminal event the store did not take (a full disk), to offer it again.
+Unsettled = Callable[[str, StoredEvent, SessionChanges], None]
+# Asked when the run is cancelled by someone who did not say why (a job queue): a
+# reason (the session ends ``cancelled`` with it) or None (hand it back, write nothing).
+WhyCancelled = Callable[[], Awaitable[str | None]]
+
+
+class StorageFailure(SessionFailure):
+    """The session store could not save one of this session's events."""
+
+
+class _Abandoned(Exception):
+    """The run stops without writing anything more (its lease is lost, or the
+    session is not there to run)."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended.
+
+    ``terminal`` is None when nothing terminal was written: ``handed_back`` (a
+    shutdown: run it again elsewhere, from its checkpoint) or ``lease_lost``
+    (another runner has it) or the session was not found unfinished.
+    """
+
+    terminal: StoredEvent | None
+    status: SessionStatus | None
+    stored: bool = False  # the terminal event is in the store (else: given to on_unsettled)
+    handed_back: bool = False
+    lease_lost: bool = False
+    queue_wait: float = 0.0  # seconds from the start of ``run`` to the slot
+    run_seconds: float | None = None  # from the slot to the end; None: the agent never ran
+    resumed_from: int | None = None  # the checkpoint's round when it resumed (0: none)
+
+
+class SessionRun:
+    """One run of one session (see the module's docstring).
+
+    ``run()`` is awaited in the task that runs the session; ``cancel(reason)`` and
+    ``hand_back()`` may be called from anywhere (before ``run`` starts, too).
+    """
+
+    def __init__(
+        self,
+        record: SessionRecord,
+        *,
+        store: SessionStore,
+        agent_factory: AgentFactory,
+        config: AgentTemplate,
+        history: tuple[Exchange, ...] = (),
+        checkpoints: CheckpointStore | None = None,
+        lease: str | None = None,
+        lease_lost: asyncio.Event | None = None,
+        resume: bool = False,
+        metrics: Metrics | None = None,
+        on_event: Callable[[StoredEvent], None] | None = None,
+        on_unsettled: Unsettled | None = None,
+        why_cancelled: WhyCancelled | None = None,
+    ) -> None:
+        self.record = record
+        self.id = record.id
+        self._store = store
+        self._factory = agent_factory
+        self._config = config
+        self._history = history
+        self._checkpoints = checkpoints
+        self._lease = lease
+        self._lease_lost = lease_lost
+        self._resume = resume
+        self._metrics = metrics
+        self._on_event = on_event
+        self._on_unsettled = on_unsettled
+        self._why_cancelled = why_cancelled
+        self.seq = 0  # the last sequence number stored
+        self.compactor = Compactor()  # streamed text is stored as deltas
+        self.terminal: StoredEvent | None = None  # once decided, stored or not
+        self.finishing: asyncio.Future[None] | None = None  # writing the terminal event
+        self.cancel_requested = False
+        self.cancel_reason = "cancelled"
+        self.checkpoint_round = 0  # the round of the last checkpoint saved
+        self._terminal_stored = False
+        self._handing_back = False
+        self._abandoning = False
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"[session {self.id[:8]}]"
+
+    # -- asked from outside -------------------------------------------------------------------
+
+    def cancel(self, reason: str) -> bool:
+        """End the session ``cancelled`` with ``reason``. False (nothing done) once it
+        has been asked already or its outcome is being written."""
+        if self.cancel_requested or self._handing_back or self.finishing is not None:
+            return False
+        self.cancel_requested = True
+        self.cancel_reason = reason
+        if self._task is not None:
+            self._task.cancel()
+        return True
+
+    def hand_back(self) -> bool:
+        """Stop without a terminal event (a shutdown): the checkpoint stays, the
+        session is run again later. False once it is ending anyway."""
+        if self.cancel_requested or self._handing_back or self.finishing is not None:
+            return False
+        self._handing_back = True
+        if self._task is not None:
+            self._task.cancel()
+        return True
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def emit(self, event: Event, changes: SessionChanges | None = None) -> None:
+        """Store ``event`` as the next number (with ``changes`` to the record)."""
+        # The number is taken only once the event is stored: a failed write leaves
+        # no gap, and the session ends (StorageFailure) with the next number.
+        # Streamed text is stored as a delta against the rows stored before it: the
+        # compactor moves on only with the number (a failed write moves neither).
+        seq = self.seq + 1
+        stored = self.compactor.row(seq, event)
+        try:
+            await self._store.append(self.id, [stored], changes, lease=self._lease)
+        except asyncio.CancelledError:
+            self.seq = seq  # the write goes on without us and may land: never reuse it
+            self.compactor.commit()
+            raise
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.error("%s the store could not save a %s event: %s", self.tag, event.type, exc)
+            raise StorageFailure(
+                f"the session store could not save this session's events ({exc})"
+            ) from exc
+        self.seq = seq
+        self.compactor.commit()
+        self._stored(stored)
+
+    def _stored(self, stored: StoredEvent) -> None:
+        if self._metrics is not None:
+            self._metrics.events.inc()
+        if self._on_event is not None:
+            self._on_event(stored)
+
+    async def _save(self, state: AgentState) -> None:
+        """The agent's hook after each completed round: keep it as the checkpoint."""
+        assert self._checkpoints is not None
+        checkpoint = Checkpoint(
+            session_id=self.id,
+            round=state.round,
+            last_seq=self.seq,
+            messages=state.messages,
+            counters=state.counters,
+            extra=state.extra,
+        )
+        try:
+            await self._checkpoints.save(checkpoint, lease=self._lease)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # the run goes on; a resume would start further back
+            log.warning("%s checkpoint after round %d not saved: %s", self.tag, state.round, exc)
+            return
+        self.checkpoint_round = state.round
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _begin(self) -> Checkpoint | None:
+        """The first event: ``session_start``, or ``resumed`` after the log's last one
+        (with the checkpoint to go on from, if any)."""
+        sid = self.id
+        if not self._resume:
+            await self.emit(
+                SessionStart(session_id=sid, question=self.record.question, content=sid)
+            )
+            return None
+        current = await self._store.get(sid)
+        if current is None or current.status not in UNFINISHED:
+            raise _Abandoned(f"it is {current.status if current else 'gone'}")
+        self.record = current
+        self.seq = current.last_seq
+        if self.seq == 0:  # never started: this is its first run after all
+            self._resume = False
+            return await self._begin()
+        checkpoint = await self._checkpoints.load(sid) if self._checkpoints else None
+        done = checkpoint.round if checkpoint is not None else 0
+        self.checkpoint_round = done
+        where = f"after round {done}" if done else "from its first round"
+        await self.emit(Resumed(session_id=sid, round=done, content=f"resumed {where}"))
+        log.info("%s resumed %s", self.tag, where)
+        return checkpoint
+
+    def _agent(self, checkpoint: Checkpoint | None) -> Agent:
+        keywords: dict[str, Any] = {}
+        if self._history:
+            keywords["history"] = self._history
+        if self._checkpoints is not None:
+            keywords["on_round"] = self._save
+        if checkpoint is not None:
+            keywords["checkpoint"] = AgentState(
+                round=checkpoint.round,
+                messages=checkpoint.messages,
+                counters=checkpoint.counters,
+                extra=checkpoint.extra,
+            )
+        return self._factory(self.id, self._config, **keywords)
+
+    async def run(self, wait_turn: WaitTurn | None = None) -> RunOutcome:
+        """Run the session to its end (see ``RunOutcome``). Raises ``CancelledError``
+        only when cancelled from outside and ``why_cancelled`` said to hand it back."""
+        self._task = asyncio.current_task()
+        sid = self.id
+        loop = asyncio.get_running_loop()
+        admitted = loop.time()
+        started: float | None = None
+        final: FinalAnswer | None = None
+        resumed_from: int | None = None
+        terminal: Event = Error(session_id=sid, content="the agent stopped without an outcome")
+        raw_cancel = False
+        watcher = self._watch_lease()
+        try:
+            checkpoint = await self._begin()
+            resumed_from = self.checkpoint_round if self._resume else None
+            if self.cancel_requested or self._handing_back:
+                raise asyncio.CancelledError  # asked before the run took its first step
+            if wait_turn is not None:
+                async for position in wait_turn():
+                    await self.emit(
+                        Queued(
+                            session_id=sid,
+                            position=position,
+                            content=f"waiting for a free slot: position {position}",
+                        )
+                    )
+            started = loop.time()
+            if wait_turn is not None:
+                log.info("%s acquired slot after %.2f s in the queue", self.tag, started - admitted)
+            first = self.record.started_at is None
+            await self.emit(
+                Init(session_id=sid, content="slot acquired; agent ready"),
+                SessionChanges(status="processing", started_at=utc_now() if first else None),
+            )
+            agent = self._agent(checkpoint)
+            async with (
+                asyncio.timeout(self._config.max_run_seconds),
+                # Closed on every way out, so the agent's model call is aborted at once.
+                aclosing(agent.run(self.record.question)) as events,
+            ):
+                async for event in events:
+                    if event.type in TERMINAL_TYPES:
+                        terminal = event
+                        break
+                    if isinstance(event, FinalAnswer):
+                        final = event
+                    await self.emit(event)
+        except QueueTimeout as exc:
+            terminal = Timeout(session_id=sid, content=f"timeout: {exc}")
+        except TimeoutError:
+            terminal = Timeout(
+                session_id=sid,
+                content=f"timeout: the research ran past {self._config.max_run_seconds:g} s",
+            )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            while task is not None and task.cancelling():
+                task.uncancel()
+            if not (self.cancel_requested or self._handing_back or self._abandoning):
+                raw_cancel = True
+                reason = await self._why_cancelled() if self._why_cancelled else "cancelled"
+                if reason is None:
+                    self._handing_back = True
+                else:
+                    self.cancel_requested, self.cancel_reason = True, reason
+            terminal = Cancelled(session_id=sid, content=self.cancel_reason)
+        except (LeaseLost, _Abandoned) as exc:
+            log.warning("%s stopped without writing more: %s", self.tag, exc)
+            self._abandoning = True
+        except SessionFailure as exc:
+            terminal = Error(session_id=sid, content=str(exc))
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", self.tag)
+            terminal = Error(session_id=sid, content=f"internal error: {type(exc).__name__}")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        ran = loop.time() - started if started is not None else None
+        waited = (started if started is not None else loop.time()) - admitted
+        if self._abandoning or self._handing_back:
+            if self._handing_back:
+                log.info("%s handed back at round %d", self.tag, self.checkpoint_round)
+            outcome = RunOutcome(
+                None,
+                None,
+                handed_back=self._handing_back,
+                lease_lost=self._abandoning,
+                queue_wait=waited,
+                run_seconds=ran,
+                resumed_from=resumed_from,
+            )
+            if raw_cancel:
+                raise asyncio.CancelledError
+            return outcome
+        self.finishing = asyncio.ensure_future(self._finish(terminal, final))
+        await asyncio.shield(self.finishing)
+        assert self.terminal is not None
+        return RunOutcome(
+            self.terminal,
+            STATUS_BY_TERMINAL_EVENT[self.terminal.type],
+            stored=self._terminal_stored,
+            queue_wait=waited,
+            run_seconds=ran,
+            resumed_from=resumed_from,
+        )
+
+    def _watch_lease(self) -> asyncio.Task[None] | None:
+        lost = self._lease_lost
+        if lost is None:
+            return None
+
+        async def watch() -> None:
+            await lost.wait()
+            if self.finishing is None and not self._abandoning:
+                log.warning("%s lease lost: stopping", self.tag)
+                self._abandoning = True
+                if self._task is not None:
+                    self._task.cancel()
+
+        return asyncio.create_task(watch(), name=f"lease watch {self.id}")
+
+    async def _finish(self, terminal: Event, final: FinalAnswer | None) -> None:
+        """The terminal event and the record's final state, in one append."""
+        status = STATUS_BY_TERMINAL_EVENT[terminal.type]
+        changes = SessionChanges(
+            status=status,
+            ended_at=utc_now(),
+            answer=final.answer_data.answer if final else None,
+            citations=[c.model_dump() for c in final.answer_data.citations] if final else None,
+            error=terminal.content if status != "completed" else None,
+        )
+        self.seq += 1
+        stored = StoredEvent(self.seq, terminal.type, terminal.model_dump_json())
+        self.terminal = stored
+        try:
+            await self._store.append(self.id, [stored], changes, lease=self._lease)
+        except LeaseLost as exc:
+            log.warning("%s outcome not written, the lease is lost: %s", self.tag, exc)
+            return
+        except Exception as exc:
+            # Its followers still get the terminal event, and the record reads as
+            # ended; the store is offered the outcome again until it takes it.
+            log.error("%s outcome not stored (%s); will retry", self.tag, exc)
+            if self._on_unsettled is not None:
+                self._on_unsettled(self.id, stored, changes)
+            return
+        self._terminal_stored = True
+        self._stored(stored)
+        if self._checkpoints is not None:
+            with contextlib.suppress(Exception):  # an orphan checkpoint only costs room
+                await self._checkpoints.delete(self.id)
