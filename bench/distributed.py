@@ -10,7 +10,9 @@ post sessions to the node and read their SSE streams to the end.
     .venv/bin/python bench/distributed.py --quick    # a smoke run
 
 Throughput: --per-slot sessions per worker slot, all posted at once; sessions per
-hour = completed / wall time from the first post to the last terminal event.
+hour = completed / wall time from the first post to the last terminal event; events
+per second = SSE events the clients received (worker -> Redis -> node -> client) / the
+same wall time.
 Recovery: two workers, --slots long sessions between them (so the survivor has
 room for all); once each has finished its second round the worker holding one of
 them is killed (SIGKILL); for each of its sessions, the time from the kill to its
@@ -100,6 +102,7 @@ async def throughput(
             )
             wall = time.monotonic() - started
         completed = sum(1 for events in results if events and events[-1]["type"] == "completed")
+        delivered = sum(len(events) for events in results)
         return {
             "workers": workers,
             "slots": workers * args.slots,
@@ -107,6 +110,8 @@ async def throughput(
             "completed": completed,
             "wall_s": round(wall, 1),
             "sessions_per_hour": round(completed / wall * 3600),
+            # SSE events worker -> Redis -> API node -> client, over the whole run
+            "events_per_s": round(delivered / wall),
         }
     finally:
         cluster.stop()

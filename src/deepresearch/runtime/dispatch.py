@@ -517,10 +517,9 @@ class DistributedSessions:
         record = await self.get(session_id, owner)
         if record.status not in UNFINISHED:
             raise SessionConflict(f"session {session_id} already ended ({record.status})")
-        ended = await self._stop(
+        return await self._stop(
             session_id, reason, Cancelled(session_id=session_id, content=reason)
         )
-        return ended if owner is None or ended.owner == owner else record
 
     async def _stop(self, sid: str, reason: str, terminal: Event) -> SessionRecord:
         cluster = self._cluster
