@@ -196,10 +196,10 @@ async def main() -> None:
         redis.start()
         try:
             with simulator() as sim:
-                for workers in (int(n) for n in args.workers.split(",")):
+                for workers in (int(n) for n in args.workers.split(",") if n):
                     row = await throughput(redis, workdir, sim.url, corpus, workers, args)
                     print(json.dumps({"throughput": row}), flush=True)
-                for seconds in (int(n) for n in args.recovery.split(",")):
+                for seconds in (int(n) for n in args.recovery.split(",") if n):
                     row = await recovery(redis, workdir, sim.url, corpus, seconds, args)
                     print(json.dumps({"recovery": row}), flush=True)
         finally:
