@@ -16,6 +16,7 @@ but not stored (a full disk): it still ends the stream.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -27,7 +28,7 @@ from deepresearch.sessions.records import UNFINISHED, SessionRecord, StoredEvent
 # memory at once).
 READ_PAGE = 1000
 # A follower waiting on a quiet session asks whether it still runs this often.
-RECHECK = 1.0
+RECHECK = 5.0
 
 
 class FollowedLog(Protocol):
@@ -126,3 +127,102 @@ class Follower:
             earlier = await self._log.events(session_id, min(starts) - 1, after - min(starts) + 1)
             view.prime([row for row in earlier if row.seq <= after])
         return rows
+
+
+# Rows of a live session kept in memory for its followers (a follower further behind
+# reads the store).
+RECENT = 256
+
+
+class LocalTail:
+    """A log whose ``tail`` is served from memory for the sessions this process writes.
+
+    The single process's fast path: its runner hands each row over once stored
+    (``add``), and a follower waiting on that session takes it from here instead
+    of reading it back from SQLite. A follower further behind than the rows kept,
+    and every session not ``open`` here, reads the store as usual; ``events`` and
+    ``get`` always do. So what a follower gets is still exactly the stored log.
+    """
+
+    def __init__(self, log: FollowedLog, keep: int = RECENT) -> None:
+        self._log = log
+        self._keep = keep
+        self._recent: dict[str, deque[StoredEvent]] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def open(self, session_id: str) -> None:
+        """Keep this session's rows from now on (it runs in this process)."""
+        self._recent.setdefault(session_id, deque(maxlen=self._keep))
+
+    def close(self, session_id: str) -> None:
+        """The session ended here: its followers read the store from now on."""
+        self._recent.pop(session_id, None)
+        self._wake(session_id)
+
+    def add(self, session_id: str, row: StoredEvent) -> None:
+        """A row of the session, stored (rows come in order)."""
+        recent = self._recent.get(session_id)
+        if recent is not None:
+            if recent and row.seq != recent[-1].seq + 1:
+                # A row stored but not handed over (its writer was cancelled during
+                # the write): what is kept starts after the gap; behind it, the store.
+                recent.clear()
+            recent.append(row)
+            self._wake(session_id)
+
+    def _wake(self, session_id: str) -> None:
+        for waiter in self._waiters.pop(session_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _after(self, session_id: str, after: int) -> list[StoredEvent] | None:
+        """The kept rows after ``after``; None when they do not reach back to it (or
+        the session is not kept here)."""
+        recent = self._recent.get(session_id)
+        if recent is None:
+            return None
+        if not recent or recent[-1].seq <= after:
+            return []
+        if recent[0].seq > after + 1:
+            return None
+        newer: list[StoredEvent] = []
+        for row in reversed(recent):
+            if row.seq <= after:
+                break
+            newer.append(row)
+        newer.reverse()
+        return newer
+
+    async def events(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        return await self._log.events(session_id, after, limit)
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        return await self._log.get(session_id)
+
+    async def tail(self, session_id: str, after: int, timeout: float) -> list[StoredEvent]:
+        if session_id not in self._recent:
+            return await self._log.tail(session_id, after, timeout)
+        newer = self._after(session_id, after)
+        if newer is None:
+            return await self._log.events(session_id, after, READ_PAGE)
+        if newer or timeout <= 0:
+            return newer
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(session_id, set()).add(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return []
+        finally:
+            waiters = self._waiters.get(session_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[session_id]
+        newer = self._after(session_id, after)
+        if newer is None:  # it ended here (or the follower fell behind): the store has it
+            return await self._log.events(session_id, after, READ_PAGE)
+        return newer

@@ -21,10 +21,10 @@ from typing import Literal
 
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
-from deepresearch.errors import Overloaded, SessionConflict, SessionNotFound
+from deepresearch.errors import ClientError, Overloaded, SessionConflict, SessionNotFound
 from deepresearch.events import Error, utc_now
 from deepresearch.runtime.admission import Admission, Ticket
-from deepresearch.runtime.follower import Follower
+from deepresearch.runtime.follower import Follower, LocalTail
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.runtime.retention import PRUNE_EVERY, Retention
 from deepresearch.runtime.runner import (
@@ -152,7 +152,9 @@ class SessionManager:
         self._retention = Retention(
             store, days=settings.retention_days, keep=settings.retention_max_sessions
         )
-        self._follower = Follower(store, running=self._running, pending=self._pending)
+        # Followers read the log; rows this process writes reach them from memory.
+        self._local = LocalTail(store)
+        self._follower = Follower(self._local, running=self._running, pending=self._pending)
         # Ended sessions whose outcome the store has not taken yet (a full disk): the
         # terminal event and the record's changes, offered again every SETTLE_EVERY.
         self._unsettled: dict[str, tuple[StoredEvent, SessionChanges]] = {}
@@ -177,7 +179,7 @@ class SessionManager:
                 try:
                     await self._resume(record)
                     continue
-                except Overloaded as exc:
+                except ClientError as exc:  # the queue (or the key's share of it) is full
                     reason = f"interrupted: the server restarted and could not resume it ({exc})"
             else:
                 reason = f"interrupted: the server stopped while this session was {record.status}"
@@ -305,6 +307,7 @@ class SessionManager:
         *,
         resume: bool = False,
     ) -> _LiveSession:
+        live: _LiveSession
         run = SessionRun(
             record,
             store=self._store,
@@ -314,13 +317,18 @@ class SessionManager:
             checkpoints=self._checkpoints,
             resume=resume,
             metrics=self._metrics,
+            on_event=lambda row: self._local.add(record.id, row),
             on_unsettled=self._unsettle,
+            # The slot is free before a follower can see the terminal event.
+            on_stopped=lambda: self._admission.release(live.ticket),
         )
-        return _LiveSession(run, ticket)
+        live = _LiveSession(run, ticket)
+        return live
 
     def _launch(self, live: _LiveSession) -> None:
         """Start its task and its first grace window."""
         self._live[live.id] = live
+        self._local.open(live.id)
         live.task = asyncio.create_task(self._drive(live), name=f"session-{live.id}")
         live.task.add_done_callback(lambda _: self._task_done(live))
         live.ready.set()
@@ -345,6 +353,7 @@ class SessionManager:
             if live.grace is not None:
                 live.grace.cancel()
             self._live.pop(live.id, None)
+            self._local.close(live.id)
         self._account(live, outcome)
 
     def _account(self, live: _LiveSession, outcome: RunOutcome) -> None:
@@ -400,6 +409,7 @@ class SessionManager:
         self._admission.release(live.ticket)
         self._busy_conversations.discard(live.record.conversation)
         self._live.pop(live.id, None)
+        self._local.close(live.id)
 
     async def cancel(self, session_id: str, owner: str | None, reason: str) -> SessionRecord:
         """Cancel a queued or running session and wait until it has ended."""

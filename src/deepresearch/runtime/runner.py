@@ -125,6 +125,7 @@ class SessionRun:
         on_event: Callable[[StoredEvent], None] | None = None,
         on_unsettled: Unsettled | None = None,
         why_cancelled: WhyCancelled | None = None,
+        on_stopped: Callable[[], None] | None = None,
     ) -> None:
         self.record = record
         self.id = record.id
@@ -140,6 +141,7 @@ class SessionRun:
         self._on_event = on_event
         self._on_unsettled = on_unsettled
         self._why_cancelled = why_cancelled
+        self._on_stopped = on_stopped
         self.seq = 0  # the last sequence number stored
         self.compactor = Compactor()  # streamed text is stored as deltas
         self.terminal: StoredEvent | None = None  # once decided, stored or not
@@ -352,6 +354,8 @@ class SessionRun:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if self._on_stopped is not None:
+                self._on_stopped()  # e.g. free the slot before the end is announced
         ran = loop.time() - started if started is not None else None
         waited = (started if started is not None else loop.time()) - admitted
         if self._abandoning or self._handing_back:

@@ -1,0 +1,83 @@
+"""kill -9 the single-process server mid-run and start it again: the session resumes
+from its last completed round (the simulator is not asked for those rounds again) and
+a client that comes back with ``Last-Event-ID`` gets the rest, ending in exactly one
+terminal event. Real processes: ``deepresearch serve`` and the LLM simulator."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.support import TERMINAL, SSEEvent, collect, iter_sse, server, simulator, write_corpus
+
+TOOL_ROUNDS = 4  # the simulator's rounds with a tool call; the answer comes in round 5
+
+
+async def test_kill_nine_mid_run_then_restart_resumes_from_the_last_round(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    data = tmp_path / "data"
+    question = f"tok-resume [sim:slow=20] [sim:rounds={TOOL_ROUNDS}]"
+    with simulator() as sim:
+        env = {"DEEPRESEARCH_CORPUS": str(corpus), "DEEPRESEARCH_LLM_URL": sim.url}
+        seen: list[SSEEvent] = []
+        with server(data, **env) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                body = {"question": question, "on_disconnect": "continue"}
+                async with client.stream("POST", "/chat/stream", json=body) as response:
+                    assert response.status_code == 200
+                    async for event in iter_sse(response):
+                        if event is None:
+                            continue
+                        seen.append(event)
+                        # Round 3 starts only once round 2's checkpoint is saved.
+                        if event.type == "round_start" and event.data["round"] == 3:
+                            break
+            app.stop(signal.SIGKILL)
+        assert not any(event.type in TERMINAL for event in seen)
+        session_id = seen[0].data["session_id"]
+        async with httpx.AsyncClient(
+            base_url=sim.url.removesuffix("/v1"), timeout=10
+        ) as sim_client:
+            before = (await sim_client.get("/stats")).json()["requests"]
+            assert before >= 2  # rounds 1 and 2 (and perhaps round 3's, cut off)
+            (await sim_client.post("/stats/reset")).raise_for_status()
+
+            with server(data, **env) as app:
+                async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                    last = seen[-1].id
+                    assert last is not None
+                    rest = await collect(
+                        client,
+                        "GET",
+                        f"/sessions/{session_id}/events",
+                        headers={"Last-Event-ID": str(last)},
+                    )
+                    replay = await collect(client, "GET", f"/sessions/{session_id}/events")
+                    record = (await client.get(f"/sessions/{session_id}")).json()
+            after = (await sim_client.get("/stats")).json()["requests"]
+
+    # The client that came back got the rest: numbers on from where it was, one
+    # terminal event, last.
+    assert rest.status == 200
+    assert [e.id for e in rest.events] == list(range(last + 1, last + 1 + len(rest.events)))
+    assert [t for t in rest.types if t in TERMINAL] == ["completed"]
+    assert rest.types[-1] == "completed"
+    resumed = [e for e in rest.events if e.type == "resumed"]
+    assert len(resumed) == 1
+    done = resumed[0].data["round"]
+    assert done >= 2
+    # Only the rounds after the checkpoint asked the model: none of rounds 1..done again.
+    assert after == TOOL_ROUNDS + 1 - done
+    assert [e.data["round"] for e in rest.events if e.type == "round_start"] == list(
+        range(done + 1, TOOL_ROUNDS + 2)
+    )
+    # The whole log: one session_start, one resumed, one terminal event, numbers contiguous.
+    assert [e.id for e in replay.events] == list(range(1, len(replay.events) + 1))
+    assert replay.types.count("session_start") == 1 and replay.types[0] == "session_start"
+    assert replay.types.count("resumed") == 1
+    assert [t for t in replay.types if t in TERMINAL] == ["completed"]
+    assert record["status"] == "completed" and "tok-resume" in record["answer"]
