@@ -160,7 +160,7 @@ async def test_cancel_on_one_node_ends_a_stream_on_the_other(cluster: Cluster) -
 async def test_a_killed_workers_sessions_resume_on_the_other_from_their_last_round(
     cluster: Cluster, llm: Process
 ) -> None:
-    rounds = 4  # tool rounds; the answer is one call more
+    rounds = 6  # tool rounds; the answer is one call more
     node_a = cluster.nodes[0].url
     async with httpx.AsyncClient(base_url=node_a, timeout=60) as a:
         before = await sim_requests(a, llm.url)
@@ -169,7 +169,7 @@ async def test_a_killed_workers_sessions_resume_on_the_other_from_their_last_rou
                 a,
                 "POST",
                 "/chat/stream",
-                json={"question": f"tok-kill{n} [sim:rounds={rounds}] [sim:slow=40]"},
+                json={"question": f"tok-kill{n} [sim:rounds={rounds}] [sim:slow=30]"},
             )
             for n in range(2)
         ]
