@@ -78,6 +78,8 @@ from deepresearch.events import (
 from deepresearch.events import utc_now as now_utc
 from deepresearch.runtime.deltas import ACCUMULATED, WireView, since_of
 from deepresearch.runtime.manager import SessionRequest
+from deepresearch.runtime.retention import Retention
+from deepresearch.sessions.leases import Leases
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
     UNFINISHED,
@@ -330,6 +332,11 @@ class DistributedSessions:
         self._waiting: dict[str, _Waiting] = {}
         self._watches: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
+        # Finished conversations also expire by TTL in Redis; this keeps the count
+        # bound (DEEPRESEARCH_RETENTION_MAX_SESSIONS) as in one process.
+        self._retention = Retention(
+            cluster.store, days=settings.retention_days, keep=settings.retention_max_sessions
+        )
         # Owners of the sessions a worker in this process runs (its tools act for them).
         self.running_owners: dict[str, str | None] = {}
 
@@ -344,8 +351,10 @@ class DistributedSessions:
             asyncio.create_task(self._announce_forever(), name="queue positions"),
             asyncio.create_task(self._watch_forever(), name="watches"),
         ]
+        self._retention.start()
 
     async def close(self) -> None:
+        await self._retention.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -677,6 +686,20 @@ class DistributedSessions:
                 await self._renew_watches(list(self._watches))
             except Exception as exc:
                 log.warning("watches: %s", exc)
+
+
+async def take_lease(leases: Leases, session_id: str, token: str, ttl: float) -> bool:
+    """A worker's lease on the session, waiting at most one TTL (plus a node's moment)
+    for it: a dead holder's lease lapses by then and a node holds it for a moment
+    only; a holder still renewing after that is a live worker running the session
+    (at-least-once delivered its job twice): False, leave it the session."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ttl + NODE_LEASE
+    while not await leases.acquire(session_id, token, ttl):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(min(0.5, ttl / 10))  # until it lapses or is released
+    return True
 
 
 def slots_for(settings: Settings) -> int:

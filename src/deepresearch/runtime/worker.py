@@ -44,13 +44,13 @@ from deepresearch.config import Settings
 from deepresearch.events import Cancelled
 from deepresearch.runtime.dispatch import (
     ATTACH_WINDOW,
-    NODE_LEASE,
     QUEUE_FUNCTION,
     Cluster,
     DistributedSessions,
     node_name,
     shutdown_grace,
     slots_for,
+    take_lease,
 )
 from deepresearch.runtime.runner import SessionRun
 from deepresearch.services import Services, open_services
@@ -194,7 +194,7 @@ class SessionWorker:
         sid = session_id
         tag = f"[session {sid[:8]}]"
         token = f"{self.name}:{uuid.uuid4().hex[:12]}"
-        if not await self._take_lease(sid, token):
+        if not await take_lease(cluster.leases, sid, token, cluster.timings.lease_ttl):
             log.warning("%s another worker holds it and keeps it alive: not run twice", tag)
             return "held elsewhere"
         lost = asyncio.Event()
@@ -247,18 +247,6 @@ class SessionWorker:
             if not lost.is_set():
                 with contextlib.suppress(Exception):
                     await cluster.leases.release(sid, token)
-
-    async def _take_lease(self, sid: str, token: str) -> bool:
-        """The session's lease, waiting at most one TTL (and a node's moment) for it."""
-        leases = self._cluster.leases
-        ttl = self._cluster.timings.lease_ttl
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ttl + NODE_LEASE
-        while not await leases.acquire(sid, token, ttl):
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(min(0.5, ttl / 10))  # until it lapses or is released
-        return True
 
     async def _beat(
         self, job: Job, run: SessionRun, record: SessionRecord, token: str, lost: asyncio.Event
