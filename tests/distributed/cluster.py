@@ -47,7 +47,7 @@ class Cluster:
             "DEEPRESEARCH_CORPUS": str(corpus if corpus.exists() else SHARED_CORPUS),
             "DEEPRESEARCH_SEARCH": "local",
             "DEEPRESEARCH_LOG_LEVEL": "INFO",
-            "DEEPRESEARCH_SHUTDOWN_GRACE": "5",
+            "DEEPRESEARCH_SHUTDOWN_GRACE": "2",
         }
         self.nodes: list[Process] = []
         self.workers: list[subprocess.Popen[str]] = []

@@ -14,11 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.distributed.cluster import Cluster, eventually, sim_requests
+from deepresearch.runtime.dispatch import Timings
+from tests.distributed.cluster import RECOVERY_SECONDS, Cluster, eventually, sim_requests
 from tests.redis_server import RedisServer
 from tests.support import TERMINAL, Process, SSEEvent, SSEStream, collect, iter_sse
 
 pytestmark = pytest.mark.timeout(180)
+
+LEASE_TTL = Timings.for_recovery(RECOVERY_SECONDS).lease_ttl
+RECONNECT_WINDOW = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -255,13 +259,47 @@ async def test_redis_restarted_mid_run_leaves_nothing_processing(cluster: Cluste
         await eventually(settled, 30, "no session left processing or queued")
 
 
+async def test_redis_away_longer_than_a_lease_the_sessions_resume_when_it_is_back(
+    cluster: Cluster,
+) -> None:
+    """Redis killed and kept away past the lease TTL and the store's reconnect window:
+    the workers lose their leases (and stop writing); once Redis is back, saq
+    retries the jobs (or sweeps them) and each session resumes from its checkpoint."""
+    node_a = cluster.nodes[0].url
+    async with httpx.AsyncClient(base_url=node_a, timeout=120) as a:
+        readers = [
+            Reader(
+                a,
+                "POST",
+                "/chat/stream",
+                json={"question": f"tok-away{n} [sim:rounds=6] [sim:slow=30]"},
+            )
+            for n in range(2)
+        ]
+        for reader in readers:
+            await reader.until(lambda e: e.type == "round_start" and e.data["round"] == 2)
+        cluster.redis.kill()
+        # The outage is the scenario: longer than the lease (3 s here) and than the
+        # ~5 s a Redis client keeps resending a command.
+        await asyncio.sleep(LEASE_TTL + RECONNECT_WINDOW)
+        await asyncio.to_thread(cluster.redis.restart)
+
+        for reader in readers:
+            stream = await reader.result(120)
+            one_terminal_last(stream)
+            assert stream.types[-1] == "completed"
+            assert stream.types.count("session_start") == 1
+            resumed = next(e for e in stream.events if e.type == "resumed")
+            assert resumed.data["round"] >= 1
+
+
 async def test_sigterm_hands_unfinished_sessions_back_to_another_worker(cluster: Cluster) -> None:
     """Graceful shutdown: the worker stops taking jobs, gives its sessions the grace
-    period (5 s here), then hands them back: another worker resumes them."""
+    period (2 s here), then hands them back: another worker resumes them."""
     node_a = cluster.nodes[0].url
     async with httpx.AsyncClient(base_url=node_a, timeout=60) as a:
         reader = Reader(
-            a, "POST", "/chat/stream", json={"question": "tok-term [sim:rounds=12] [sim:slow=40]"}
+            a, "POST", "/chat/stream", json={"question": "tok-term [sim:rounds=8] [sim:slow=30]"}
         )
         await reader.until(lambda e: e.type == "round_start" and e.data["round"] == 2)
         holder = cluster.lease_holder(reader.session_id)

@@ -41,6 +41,7 @@ from saq.job import Job
 
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import Settings
+from deepresearch.errors import LeaseLost, SessionFailure
 from deepresearch.events import Cancelled
 from deepresearch.runtime.dispatch import (
     ATTACH_WINDOW,
@@ -241,12 +242,31 @@ class SessionWorker:
                 self._sessions.running_owners.pop(sid, None)
                 self._room.set()
             if outcome.lease_lost:
+                await self._after_lost_lease(sid)
                 return "lease lost"
+            if outcome.terminal is not None and not outcome.stored:
+                # Redis did not take the end (it is away): saq retries the job (its
+                # sweep does, once Redis is back) and the session resumes from its
+                # checkpoint, rather than staying ``processing`` with no job behind it.
+                raise SessionFailure(f"session {sid}: its outcome could not be stored")
             return outcome.status or "handed back"
         finally:
             if not lost.is_set():
                 with contextlib.suppress(Exception):
                     await cluster.leases.release(sid, token)
+
+    async def _after_lost_lease(self, sid: str) -> None:
+        """The run stopped because its lease was lost. If another worker holds it now,
+        that one runs the session. If nobody does (the lease lapsed while Redis was
+        unreachable), raise: saq then retries the job (or, if Redis is still away,
+        its sweep re-queues it later) and the session resumes from its checkpoint
+        instead of staying ``processing`` with no job behind it."""
+        cluster = self._cluster
+        record = await cluster.store.get(sid)
+        if record is None or record.status not in UNFINISHED:
+            return
+        if await cluster.leases.holder(sid) is None:
+            raise LeaseLost(f"session {sid}: lease lapsed with nobody holding it; run it again")
 
     async def _beat(
         self, job: Job, run: SessionRun, record: SessionRecord, token: str, lost: asyncio.Event
