@@ -56,14 +56,19 @@ async def test_kill_nine_mid_run_then_restart_resumes_from_the_last_round(
                         f"/sessions/{session_id}/events",
                         headers={"Last-Event-ID": str(last)},
                     )
-                    replay = await collect(client, "GET", f"/sessions/{session_id}/events")
+                    # Every stored row (the default view may leave out a streamed-text
+                    # row a later one of the same text replaces).
+                    replay = await collect(
+                        client, "GET", f"/sessions/{session_id}/events?deltas=true"
+                    )
                     record = (await client.get(f"/sessions/{session_id}")).json()
             after = (await sim_client.get("/stats")).json()["requests"]
 
     # The client that came back got the rest: numbers on from where it was, one
     # terminal event, last.
     assert rest.status == 200
-    assert [e.id for e in rest.events] == list(range(last + 1, last + 1 + len(rest.events)))
+    numbers = [e.id or 0 for e in rest.events]
+    assert numbers[0] == last + 1 and numbers == sorted(set(numbers))
     assert [t for t in rest.types if t in TERMINAL] == ["completed"]
     assert rest.types[-1] == "completed"
     resumed = [e for e in rest.events if e.type == "resumed"]

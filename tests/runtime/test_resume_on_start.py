@@ -73,7 +73,8 @@ async def test_a_stopped_server_hands_back_and_the_next_one_resumes(tmp_path: Pa
     second = ScriptedModel(["<answer>Metformin [1].</answer>"])
     async with open_services(config, model=second) as services:
         assert services.manager.live_count == 1  # resumed at start-up
-        rows = [e async for e in services.manager.follow(session_id) if e is not None]
+        # Every stored row (deltas=True: no streamed-text row left out).
+        rows = [e async for e in services.manager.follow(session_id, deltas=True) if e is not None]
         types = [row.type for row in rows]
         assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
         assert types.count("session_start") == 1 and types.count("resumed") == 1
@@ -112,3 +113,26 @@ async def _record(config: Settings, session_id: str) -> dict[str, Any]:
         return {"status": record.status}
     finally:
         await store.close()
+
+
+async def test_a_session_the_queue_cannot_take_back_is_marked_failed(tmp_path: Path) -> None:
+    from deepresearch.events import utc_now
+    from deepresearch.sessions.records import SessionRecord, StoredEvent
+    from deepresearch.sessions.sqlite import SqliteSessionStore
+
+    config = settings(tmp_path, max_concurrent=1, max_queue=0)
+    store = SqliteSessionStore(config.database_path)
+    await store.open()
+    for n in (1, 2):  # what a killed server left: two sessions under way
+        record = SessionRecord(
+            id=f"left-{n}", question="q", status="processing", created_at=utc_now()
+        )
+        await store.create(record)
+        await store.append(record.id, [StoredEvent(1, "session_start", "{}")])
+    await store.close()
+
+    async with open_services(config, model=ScriptedModel(["<answer>Done.</answer>"])) as svc:
+        first = [e.type async for e in svc.manager.follow("left-1") if e is not None]
+        assert first[:2] == ["session_start", "resumed"] and first[-1] == "completed"
+        second = await svc.manager.get("left-2", None)
+        assert second.status == "failed" and "could not resume" in (second.error or "")

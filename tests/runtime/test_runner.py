@@ -337,3 +337,30 @@ async def test_resuming_a_session_that_already_ended_writes_nothing(store: Fence
     before = await types(store)
     outcome = await again.run()
     assert outcome.terminal is None and await types(store) == before
+
+
+async def test_resuming_when_the_record_cannot_be_read_raises_and_writes_nothing(
+    store: Fenced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stopped: list[bool] = []
+    run = await new_run(
+        store,
+        Puppet([Completed(session_id="s-1")]),
+        resume=True,
+        on_stopped=lambda: stopped.append(True),
+    )
+
+    async def unreachable(session_id: str) -> None:
+        raise OSError("the store is unreachable")
+
+    monkeypatch.setattr(store, "get", unreachable)
+    with pytest.raises(OSError):
+        await run.run()
+    assert store.leases == [] and stopped == [True]  # no write; the slot was let go
+
+
+async def test_resuming_a_session_with_an_empty_log_is_its_first_run(store: Fenced) -> None:
+    run = await new_run(store, Puppet([Completed(session_id="s-1")]), resume=True)
+    outcome = await run.run()
+    assert outcome.status == "completed" and outcome.resumed_from is None
+    assert await types(store) == ["session_start", "init", "completed"]

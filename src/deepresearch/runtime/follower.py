@@ -4,8 +4,9 @@ A follower replays the stored rows after ``Last-Event-ID`` (a page at a time, it
 ``WireView`` primed with the earlier rows the text cut at that point needs), then
 waits on the log's blocking ``tail`` for more, until the terminal event. It never
 talks to the session's runner, so it works the same whether the runner is a task
-in this process (the SQLite store's ``tail`` is woken by each commit) or a worker
-on another machine (Redis ``XREAD BLOCK``).
+in this process (``LocalTail`` below: the rows it stored, from memory; else the
+SQLite store's ``tail``, woken by each commit) or a worker on another machine
+(Redis ``XREAD BLOCK``).
 
 Two questions it cannot answer from the log are asked of whoever knows:
 ``running(id)``: may more events still come? (the single process: is its task live;
@@ -32,7 +33,8 @@ RECHECK = 5.0
 
 
 class FollowedLog(Protocol):
-    """What a follower reads: the store's ``events`` and ``tail``."""
+    """What a follower reads: the store's ``events`` and ``tail`` (and ``get``, to
+    ask by default whether a session is unfinished)."""
 
     async def events(
         self, session_id: str, after: int = 0, limit: int | None = None
@@ -77,6 +79,7 @@ class Follower:
         last = after  # the last row fed to the view
         quiet_since = loop.time()
         rows = await self._first_page(view, session_id, after)
+        live = False  # the rows came from a tail that found more: no need to ask
         while True:
             for row in rows:
                 for out in view.feed(row):
@@ -88,27 +91,29 @@ class Follower:
             if len(rows) >= READ_PAGE:
                 rows = await self._log.events(session_id, last, READ_PAGE)
                 continue
-            # Caught up with the log. Asked in this order: a runner records an
-            # unstored outcome before it stops running.
-            running = await self._running(session_id)
-            if not running:
-                rows = await self._log.events(session_id, last, READ_PAGE)
-                if rows:
-                    continue
-            terminal = self._pending(session_id)
-            if terminal is not None or not running:
-                # Ended, and its terminal event (if any) is not in the store: the
-                # write failed, or is being retried. It is the last event anyway.
-                if terminal is not None and terminal.seq > last:
-                    for out in view.feed(terminal):
+            if not live:
+                # Caught up with a quiet log. Asked in this order: a runner records
+                # an unstored outcome before it stops running.
+                running = await self._running(session_id)
+                if not running:
+                    rows = await self._log.events(session_id, last, READ_PAGE)
+                    if rows:
+                        continue
+                terminal = self._pending(session_id)
+                if terminal is not None or not running:
+                    # Ended, and its terminal event (if any) is not in the store: the
+                    # write failed, or is being retried. It is the last event anyway.
+                    if terminal is not None and terminal.seq > last:
+                        for out in view.feed(terminal):
+                            yield out
+                    for out in view.flush():
                         yield out
-                for out in view.flush():
-                    yield out
-                return
+                    return
             wait = self._recheck
             if idle is not None:
                 wait = max(0.0, min(wait, quiet_since + idle - loop.time()))
             rows = await self._log.tail(session_id, last, wait)
+            live = bool(rows)
             if not rows and idle is not None and loop.time() - quiet_since >= idle:
                 yield None
                 quiet_since = loop.time()

@@ -24,7 +24,7 @@ from deepresearch.config import AgentTemplate, Settings
 from deepresearch.errors import ClientError, Overloaded, SessionConflict, SessionNotFound
 from deepresearch.events import Error, utc_now
 from deepresearch.runtime.admission import Admission, Ticket
-from deepresearch.runtime.follower import Follower, LocalTail
+from deepresearch.runtime.follower import READ_PAGE, Follower, LocalTail
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.runtime.retention import PRUNE_EVERY, Retention
 from deepresearch.runtime.runner import (
@@ -49,6 +49,7 @@ log = logging.getLogger("deepresearch.sessions")
 
 __all__ = [
     "PRUNE_EVERY",
+    "READ_PAGE",
     "AgentFactory",
     "OnDisconnect",
     "SessionManager",
@@ -181,6 +182,12 @@ class SessionManager:
                     continue
                 except ClientError as exc:  # the queue (or the key's share of it) is full
                     reason = f"interrupted: the server restarted and could not resume it ({exc})"
+                except Exception as exc:  # its conversation could not be read
+                    log.exception("[session %s] could not be resumed", record.id[:8])
+                    reason = (
+                        "interrupted: the server restarted and could not resume it "
+                        f"({type(exc).__name__})"
+                    )
             else:
                 reason = f"interrupted: the server stopped while this session was {record.status}"
             await self._mark_interrupted(record, reason)
@@ -210,11 +217,11 @@ class SessionManager:
     async def _resume(self, record: SessionRecord) -> None:
         """Run an interrupted session again: its log goes on after its last event, from
         its checkpoint if it has one; a fresh grace window for its followers."""
-        ticket = self._admission.admit(record.id, record.owner or "")
         turns = await self._store.conversation(record.conversation)
         history = tuple(
             Exchange(t.question, t.answer) for t in turns if t.answer and t.turn < record.turn
         )
+        ticket = self._admission.admit(record.id, record.owner or "")
         self._busy_conversations.add(record.conversation)
         live = self._live_session(record, ticket, self._template, history, resume=True)
         self._launch(live)
@@ -319,8 +326,10 @@ class SessionManager:
             metrics=self._metrics,
             on_event=lambda row: self._local.add(record.id, row),
             on_unsettled=self._unsettle,
-            # The slot is free before a follower can see the terminal event.
-            on_stopped=lambda: self._admission.release(live.ticket),
+            # The slot and the conversation are free before a follower can see the
+            # terminal event (a follow-up asked meanwhile meets the stored record,
+            # still unfinished until the terminal event is written with its status).
+            on_stopped=lambda: self._stopped(live),
         )
         live = _LiveSession(run, ticket)
         return live
@@ -336,6 +345,10 @@ class SessionManager:
             live.grace = asyncio.get_running_loop().call_later(
                 max(ATTACH_WINDOW, self._settings.disconnect_grace), self._unwatched, live
             )
+
+    def _stopped(self, live: _LiveSession) -> None:
+        self._admission.release(live.ticket)
+        self._busy_conversations.discard(live.record.conversation)
 
     def _wait_turn(self, live: _LiveSession) -> WaitTurn:
         def wait() -> AsyncIterator[int]:

@@ -79,8 +79,12 @@ class StorageFailure(SessionFailure):
 
 
 class _Abandoned(Exception):
-    """The run stops without writing anything more (its lease is lost, or the
-    session is not there to run)."""
+    """The run stops without writing anything more: the session is not there to run
+    (``status``: how it ended, None if it is gone)."""
+
+    def __init__(self, message: str, status: SessionStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class RunOutcome:
 
     ``terminal`` is None when nothing terminal was written: ``handed_back`` (a
     shutdown: run it again elsewhere, from its checkpoint) or ``lease_lost``
-    (another runner has it) or the session was not found unfinished.
+    (another runner has it) or, resuming, the session was not unfinished
+    (``status``: how it had ended; None: it is gone).
     """
 
     terminal: StoredEvent | None
@@ -149,6 +154,7 @@ class SessionRun:
         self.cancel_requested = False
         self.cancel_reason = "cancelled"
         self.checkpoint_round = 0  # the round of the last checkpoint saved
+        self._checkpointed = False  # a checkpoint of this session may exist
         self._terminal_stored = False
         self._handing_back = False
         self._abandoning = False
@@ -231,35 +237,43 @@ class SessionRun:
             raise
         except Exception as exc:  # the run goes on; a resume would start further back
             log.warning("%s checkpoint after round %d not saved: %s", self.tag, state.round, exc)
+            self._checkpointed = True  # perhaps it was, after all
             return
         self.checkpoint_round = state.round
+        self._checkpointed = True
 
     # -- running ------------------------------------------------------------------------------
 
-    async def _begin(self) -> Checkpoint | None:
-        """The first event: ``session_start``, or ``resumed`` after the log's last one
-        (with the checkpoint to go on from, if any)."""
+    async def _load(self) -> Checkpoint | None:
+        """Resuming: the record as stored (where its log goes on) and its checkpoint.
+        ``_Abandoned`` when it is not unfinished; a store error is raised as it is."""
+        current = await self._store.get(self.id)
+        if current is None:
+            raise _Abandoned("it is gone")
+        if current.status not in UNFINISHED:
+            raise _Abandoned(f"it is {current.status}", current.status)
+        self.record = current
+        self.seq = current.last_seq
+        if self.seq == 0:  # never started: this is its first run after all
+            self._resume = False
+            return None
+        checkpoint = await self._checkpoints.load(self.id) if self._checkpoints else None
+        self.checkpoint_round = checkpoint.round if checkpoint is not None else 0
+        self._checkpointed = checkpoint is not None
+        return checkpoint
+
+    async def _begin(self) -> None:
+        """The first event: ``session_start``, or ``resumed`` after the log's last one."""
         sid = self.id
         if not self._resume:
             await self.emit(
                 SessionStart(session_id=sid, question=self.record.question, content=sid)
             )
-            return None
-        current = await self._store.get(sid)
-        if current is None or current.status not in UNFINISHED:
-            raise _Abandoned(f"it is {current.status if current else 'gone'}")
-        self.record = current
-        self.seq = current.last_seq
-        if self.seq == 0:  # never started: this is its first run after all
-            self._resume = False
-            return await self._begin()
-        checkpoint = await self._checkpoints.load(sid) if self._checkpoints else None
-        done = checkpoint.round if checkpoint is not None else 0
-        self.checkpoint_round = done
+            return
+        done = self.checkpoint_round
         where = f"after round {done}" if done else "from its first round"
         await self.emit(Resumed(session_id=sid, round=done, content=f"resumed {where}"))
         log.info("%s resumed %s", self.tag, where)
-        return checkpoint
 
     def _agent(self, checkpoint: Checkpoint | None) -> Agent:
         keywords: dict[str, Any] = {}
@@ -278,11 +292,24 @@ class SessionRun:
 
     async def run(self, wait_turn: WaitTurn | None = None) -> RunOutcome:
         """Run the session to its end (see ``RunOutcome``). Raises ``CancelledError``
-        only when cancelled from outside and ``why_cancelled`` said to hand it back."""
+        only when cancelled from outside and ``why_cancelled`` said to hand it back;
+        and, resuming, the store's error when the record cannot be read (nothing
+        written: try again later)."""
         self._task = asyncio.current_task()
         sid = self.id
         loop = asyncio.get_running_loop()
         admitted = loop.time()
+        checkpoint: Checkpoint | None = None
+        if self._resume:
+            try:
+                checkpoint = await self._load()
+            except BaseException as exc:
+                if self._on_stopped is not None:
+                    self._on_stopped()
+                if not isinstance(exc, _Abandoned):
+                    raise
+                log.warning("%s not resumed: %s", self.tag, exc)
+                return RunOutcome(None, exc.status)
         started: float | None = None
         final: FinalAnswer | None = None
         resumed_from: int | None = None
@@ -290,7 +317,7 @@ class SessionRun:
         raw_cancel = False
         watcher = self._watch_lease()
         try:
-            checkpoint = await self._begin()
+            await self._begin()
             resumed_from = self.checkpoint_round if self._resume else None
             if self.cancel_requested or self._handing_back:
                 raise asyncio.CancelledError  # asked before the run took its first step
@@ -343,7 +370,7 @@ class SessionRun:
                 else:
                     self.cancel_requested, self.cancel_reason = True, reason
             terminal = Cancelled(session_id=sid, content=self.cancel_reason)
-        except (LeaseLost, _Abandoned) as exc:
+        except LeaseLost as exc:
             log.warning("%s stopped without writing more: %s", self.tag, exc)
             self._abandoning = True
         except SessionFailure as exc:
@@ -426,7 +453,9 @@ class SessionRun:
                 self._on_unsettled(self.id, stored, changes)
             return
         self._terminal_stored = True
-        self._stored(stored)
-        if self._checkpoints is not None:
+        if self._checkpoints is not None and self._checkpointed:
             with contextlib.suppress(Exception):  # an orphan checkpoint only costs room
                 await self._checkpoints.delete(self.id)
+        # Announced last: what a follower does next (a follow-up question) finds the
+        # run over, not still tidying up.
+        self._stored(stored)
