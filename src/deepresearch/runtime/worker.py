@@ -55,7 +55,6 @@ from deepresearch.runtime.dispatch import (
 )
 from deepresearch.runtime.runner import SessionRun
 from deepresearch.services import Services, open_services
-from deepresearch.sessions.checkpoints import Checkpoint
 from deepresearch.sessions.records import UNFINISHED, SessionRecord
 from deepresearch.sessions.redis_workers import WorkerInfo
 
@@ -77,15 +76,11 @@ class _WorkerRun(SessionRun):
     straight to ``init``.
     """
 
-    async def _begin(self) -> Checkpoint | None:
-        current = await self._store.get(self.id)
-        if current is not None and current.status in UNFINISHED and current.last_seq > 0:
-            checkpoint = await self._checkpoints.load(self.id) if self._checkpoints else None
-            if current.started_at is None and checkpoint is None:
-                self.record = current
-                self.seq = current.last_seq
-                return None
-        return await super()._begin()
+    async def _begin(self) -> None:
+        # (The runner has read the record and its checkpoint by now: ``_load``.)
+        if self._resume and self.record.started_at is None and not self._checkpointed:
+            return  # a first run: it goes on after the node's session_start
+        await super()._begin()
 
 
 class SessionWorker:
