@@ -250,7 +250,9 @@ async def open_services(
         client = await stack.enter_async_context(httpx.AsyncClient())
         page_client = await stack.enter_async_context(guarded_client())
         cluster: Cluster | None = None
-        if settings.distributed:
+        # A store of its own (`ask`) means this process runs its session itself, even
+        # where DEEPRESEARCH_REDIS_URL points the servers at a cluster.
+        if settings.distributed and store_dir is None:
             from deepresearch.runtime.dispatch import Cluster
 
             cluster = Cluster(settings)

@@ -65,7 +65,7 @@ from saq.queue.redis import RedisQueue
 
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import Settings
-from deepresearch.errors import Overloaded, SessionConflict, SessionNotFound
+from deepresearch.errors import ConfigurationError, Overloaded, SessionConflict, SessionNotFound
 from deepresearch.events import (
     TERMINAL_TYPES,
     Cancelled,
@@ -117,6 +117,16 @@ READ_PAGE = 1000
 STORE_RETRY_AFTER = 10
 # An idle follower still wakes this often to see whether it should go on.
 FOLLOW_POLL = 5.0
+
+
+def _without_password(url: str) -> str:
+    """The URL as it may be logged: a password in it replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def _reconnecting_retry() -> Retry:
@@ -209,7 +219,13 @@ class Cluster:
         )
 
     async def open(self) -> None:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise ConfigurationError(
+                f"DEEPRESEARCH_REDIS_URL: cannot reach Redis at {_without_password(self.store.url)}"
+                f" ({exc})"
+            ) from exc
         await self.queue.connect()
         self.leases = self.store.leases()
         self.checkpoints = self.store.checkpoints()
