@@ -317,8 +317,9 @@ class SqliteSessionStore:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, db)
 
     def _take_lock(self) -> None:
-        """One process per store: a second one would settle the first one's live
-        sessions as interrupted. The OS drops the lock when a process dies."""
+        """One process per store: a second one would take the first one's live
+        sessions for interrupted ones (and resume them). The OS drops the lock when a
+        process dies."""
         lock = self._path.with_suffix(".lock").open("w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
