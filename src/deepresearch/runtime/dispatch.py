@@ -176,17 +176,18 @@ class SessionQueue(RedisQueue):
     def __init__(self, redis: Redis, *, name: str, abort_wait: float) -> None:
         super().__init__(redis, name=name, swept_error_message="swept")
         self._abort_wait = abort_wait
-        # A worker with an adaptive limit passes this gate (room for one more) to dequeue.
-        self.gate: Callable[[], AbstractAsyncContextManager[None]] | None = None
+        # A worker with an adaptive limit passes this gate (room for one more) to
+        # dequeue; it is told the key of the job it took (counted until it starts).
+        self.gate: Callable[[], AbstractAsyncContextManager[Callable[[str], None]]] | None = None
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         if self.gate is None:
             return await super().dequeue(timeout, poll_interval)
-        async with self.gate():
-            return await super().dequeue(timeout, poll_interval)
-
-    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
-        return await super().sweep(lock, abort=min(abort, self._abort_wait))
+        async with self.gate() as took:
+            job = await super().dequeue(timeout, poll_interval)
+            if job is not None:
+                took(job.key)
+            return job
 
     async def positions(self) -> dict[str, int]:
         """Queued sessions by their place in the line (1 = next)."""

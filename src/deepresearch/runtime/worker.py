@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,8 @@ log = logging.getLogger("deepresearch.worker")
 
 # How often the worker tells the cluster it is alive (its slots, its sessions).
 WORKER_BEAT = 2.0
+# A dequeued job that has not started after this long (its start failed) stops counting.
+CLAIM_SECONDS = 10.0
 # While every slot is busy (``auto``), the adaptive limit is looked at again this often.
 SLOT_POLL = 0.25
 
@@ -96,6 +98,7 @@ class SessionWorker:
         self._started_at = datetime.now(UTC)
         self._running: dict[str, SessionRun] = {}
         self._dequeuing = 0
+        self._claimed: dict[str, float] = {}  # dequeued, not started yet: key -> when
         self._room = asyncio.Event()
         timings = self._cluster.timings
         if self._settings.adaptive:
@@ -124,19 +127,33 @@ class SessionWorker:
             return self._settings.max_concurrent
         return self._services.admission.max_concurrent  # the adaptive limit's slots
 
+    def _taken(self) -> int:
+        """Sessions this worker has taken: running, dequeued and about to start (a
+        job between saq's dequeue and its start; forgotten after CLAIM_SECONDS if it
+        never starts), and dequeues under way."""
+        started = {job.key for job in self.saq.job_task_contexts}
+        now = asyncio.get_running_loop().time()
+        for key, at in list(self._claimed.items()):
+            if key in started or now - at > CLAIM_SECONDS:
+                del self._claimed[key]
+        return len(started) + len(self._claimed) + self._dequeuing
+
     @contextlib.asynccontextmanager
-    async def _slot_free(self) -> AsyncIterator[None]:
-        """Around each dequeue with ``auto``: wait until the adaptive limit has room for
-        the sessions running and the dequeues under way (a soft bound: a job between
-        its dequeue and its start is counted by neither for a moment)."""
-        while len(self.saq.job_task_contexts) + self._dequeuing >= self.slots:
+    async def _slot_free(self) -> AsyncIterator[Callable[[str], None]]:
+        """Around each dequeue with ``auto``: wait until the adaptive limit has room
+        for one more beside what this worker has taken."""
+        while self._taken() >= self.slots:
             # A session ending sets it; the limit growing is seen at the next look.
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), SLOT_POLL)
         self._dequeuing += 1
+
+        def took(key: str) -> None:
+            self._claimed[key] = asyncio.get_running_loop().time()
+
         try:
-            yield
+            yield took
         finally:
             self._dequeuing -= 1
 
