@@ -385,6 +385,8 @@ class DistributedSessions:
 
     @property
     def live_count(self) -> int:
+        """Sessions this node admitted that still wait in the queue (the cluster's
+        running ones are the workers': ``Cluster.health``)."""
         return len(self._waiting)
 
     def owner_of_session(self, session_id: str) -> str | None:
