@@ -1,4 +1,4 @@
-"""The ``deepresearch`` command: serve, ask, index."""
+"""The ``deepresearch`` command: serve, ask, index, worker."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--temperature", type=float, help="sampling temperature (0 to 2)")
     ask.add_argument("--top-p", type=float, help="nucleus sampling (0 to 1)")
     ask.add_argument("--max-tokens", type=int, help="tokens per model reply")
+
+    commands.add_parser(
+        "worker",
+        help="run sessions from the cluster's queue (distributed mode: DEEPRESEARCH_REDIS_URL)",
+    )
 
     index = commands.add_parser("index", help="build or update the local evidence index")
     index.add_argument("paths", nargs="+", type=Path, help="JSONL(.gz) files or folders")
@@ -212,9 +217,17 @@ def index(args: argparse.Namespace) -> int:
     return asyncio.run(_index(_settings(), list(args.paths)))
 
 
+def worker(args: argparse.Namespace) -> int:
+    from deepresearch.runtime.worker import run_worker
+
+    settings = _settings()
+    _configure_logging(settings)
+    return asyncio.run(run_worker(settings))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "ask": ask, "index": index}
+    commands = {"serve": serve, "ask": ask, "index": index, "worker": worker}
     try:
         return commands[args.command](args)
     except ConfigurationError as exc:

@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     log_questions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Distributed mode (docs/deploy.md): a Redis URL turns it on. API nodes (`serve`)
+    # admit, enqueue and stream; `deepresearch worker` processes run the sessions.
+    redis_url: str | None = None
+    redis_prefix: str = Field(default="deepresearch", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # A session whose worker died is taken over by another within this many seconds.
+    recovery_seconds: float = Field(default=30.0, ge=4, le=3600)
+    # SIGTERM on a worker: running sessions get this long to finish, then are handed
+    # back (their checkpoints kept) to be resumed elsewhere.
+    shutdown_grace: float = Field(default=30.0, ge=0, le=86_400)
+
     @field_validator(
         "llm_url", "search", "api_keys", "cors_origins", "allowed_hosts", mode="before"
     )
@@ -172,6 +182,10 @@ class Settings(BaseSettings):
     @property
     def adaptive(self) -> bool:
         return self.max_concurrent == "auto"
+
+    @property
+    def distributed(self) -> bool:
+        return self.redis_url is not None
 
     @property
     def offline(self) -> bool:

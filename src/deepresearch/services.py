@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -42,6 +42,9 @@ from deepresearch.tools.python import PythonInterpreterTool
 from deepresearch.tools.sandbox import Sandbox, SandboxLimits, unprivileged_sandbox
 from deepresearch.tools.search import SearchBackend, SearchTool
 from deepresearch.tools.visit import VisitTool
+
+if TYPE_CHECKING:
+    from deepresearch.runtime.dispatch import Cluster, DistributedSessions
 
 log = logging.getLogger("deepresearch")
 
@@ -80,7 +83,9 @@ class Services:
     settings: Settings
     admission: Admission
     metrics: Metrics
-    manager: SessionManager
+    # The local manager, or in distributed mode (DEEPRESEARCH_REDIS_URL) the node's
+    # dispatcher: the same methods for the routes.
+    manager: SessionManager | DistributedSessions
     index: EvidenceIndex
     model: ChatModel | None
     pool: BackendPool | None  # the backends behind ``model``, when it was built here
@@ -90,6 +95,9 @@ class Services:
     index_state: IndexState = field(default_factory=IndexState)
     search_backends: list[SearchBackend] = field(default_factory=list)
     tools: Mapping[str, Tool] = field(default_factory=dict)
+    cluster: Cluster | None = None  # distributed mode: the shared Redis parts
+    # Builds a session's agent: (session_id, config, history=...) -> Agent.
+    agent_factory: Callable[..., Agent] | None = None
 
 
 def default_tools(services: Services) -> dict[str, Tool]:
@@ -241,12 +249,22 @@ async def open_services(
         settings.data_dir.chmod(0o700)
         client = await stack.enter_async_context(httpx.AsyncClient())
         page_client = await stack.enter_async_context(guarded_client())
-        store_path = settings.database_path
-        if store_dir is not None:
-            store_path = store_dir / settings.database_path.name
-        store = SqliteSessionStore(store_path)
-        await store.open()
-        stack.push_async_callback(store.close)
+        cluster: Cluster | None = None
+        # A store of its own (`ask`) means this process runs its session itself, even
+        # where DEEPRESEARCH_REDIS_URL points the servers at a cluster.
+        if settings.distributed and store_dir is None:
+            from deepresearch.runtime.dispatch import Cluster
+
+            cluster = Cluster(settings)
+            await cluster.open()
+            stack.push_async_callback(cluster.close)
+        else:
+            store_path = settings.database_path
+            if store_dir is not None:
+                store_path = store_dir / settings.database_path.name
+            store = SqliteSessionStore(store_path)
+            await store.open()
+            stack.push_async_callback(store.close)
         index = EvidenceIndex(settings.index_path)
         stack.callback(index.close)
         keyed = bool(settings.api_keys or settings.keys_file)  # quotas are per client key
@@ -262,10 +280,6 @@ async def open_services(
         capacity = Capacity(settings, admission, pool)
         metrics = Metrics(admission, model.states if model is not None else list)
         services: Services
-
-        checkpoints = SqliteCheckpointStore(store_path)
-        await checkpoints.open()
-        stack.push_async_callback(checkpoints.close)
 
         def make_agent(
             session_id: str,
@@ -289,9 +303,18 @@ async def open_services(
                 checkpoint=checkpoint,
             )
 
-        manager = SessionManager(
-            settings, store, admission, metrics, make_agent, checkpoints=checkpoints
-        )
+        manager: SessionManager | DistributedSessions
+        if cluster is not None:
+            from deepresearch.runtime.dispatch import DistributedSessions
+
+            manager = DistributedSessions(settings, cluster)
+        else:
+            checkpoints = SqliteCheckpointStore(store_path)
+            await checkpoints.open()
+            stack.push_async_callback(checkpoints.close)
+            manager = SessionManager(
+                settings, store, admission, metrics, make_agent, checkpoints=checkpoints
+            )
         services = Services(
             settings=settings,
             admission=admission,
@@ -303,6 +326,8 @@ async def open_services(
             capacity=capacity,
             page_client=page_client,
             sandbox=unprivileged_sandbox(allow_same_user=settings.python_same_user),
+            cluster=cluster,
+            agent_factory=make_agent,
         )
         if services.sandbox.scratch_root is not None:
             stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)

@@ -178,7 +178,10 @@ async def health(
         "code_execution": sandbox.available is True,
     }
     caller = identify(request, authorization)
-    if caller is not None and caller.is_admin:
+    admin = caller is not None and caller.is_admin
+    if svc.cluster is not None:  # distributed mode: the workers' slots and saq's queue
+        answer |= await svc.cluster.health(details=admin)
+    if admin:
         answer["max_queue"] = admission.max_queue
         answer["mode"] = "offline" if svc.model is None else "llm"
         answer["llm"] |= {

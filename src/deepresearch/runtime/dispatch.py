@@ -1,0 +1,733 @@
+"""Distributed mode, the API node's side: admit, enqueue, stream, cancel.
+
+With ``DEEPRESEARCH_REDIS_URL`` set, ``deepresearch serve`` runs no sessions itself.
+``DistributedSessions`` stands where the local ``SessionManager`` stands (the routes
+call the same methods): it creates the record and its ``session_start``, enqueues a
+saq job keyed by the session id, and serves any session's events from Redis, live
+or replayed, whichever node or worker wrote them. ``deepresearch worker``
+(``runtime/worker.py``) runs the jobs.
+
+Who writes a session's events, and when (the event log is sequence-checked, so two
+writers must never pick the same number):
+
+- the node that admits it writes ``session_start`` before enqueueing: no one else
+  knows of the session yet;
+- from then on every write is made under the session's **lease**: a worker holds it
+  for as long as it runs the session; a node takes it for a moment (``NODE_LEASE``
+  seconds, released at once) to write a ``queued`` position or to end a session
+  nobody runs (cancelled while queued, or while its worker was dead). A worker
+  that finds the lease briefly held waits for it; a node that finds it held leaves
+  the writing to the holder.
+
+Queue positions are saq's queued list (``LRANGE``), read once a second by the node
+that admitted the session, and written as ``queued`` events under the lease while
+the session's record still says ``queued``; once a worker has the lease, no
+position can follow its ``init``.
+
+Cancelling from any node: ``p:cancel:<id>`` records the reason (a worker checks
+it at start and at every beat), then saq's ``abort`` (a running job's task is
+cancelled within ``timers["abort"]``; a queued one leaves the queue). If nobody
+holds the lease the node writes the terminal ``cancelled`` itself; otherwise it
+waits (a blocking read of the log) for the holder's terminal event.
+
+Clients leaving (``on_disconnect``): each node keeps ``p:watch:<id>`` alive (a
+key with a TTL of ``WATCH_TTL``, renewed every ``WATCH_EVERY``) while it has a
+follower of that session. The worker running the session reads it at every beat:
+``grace`` cancels once nobody has watched for ``DEEPRESEARCH_DISCONNECT_GRACE``
+seconds (at least ``ATTACH_WINDOW`` from the start), ``cancel`` once nobody has
+watched for ``WATCH_TTL``. So nodes agree without talking to each other: the key
+is the count of interested nodes that matters (zero or not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from saq.job import Job, Status
+from saq.queue.redis import RedisQueue
+
+from deepresearch.agent.conversation import Exchange
+from deepresearch.config import Settings
+from deepresearch.errors import ConfigurationError, Overloaded, SessionConflict, SessionNotFound
+from deepresearch.events import (
+    TERMINAL_TYPES,
+    Cancelled,
+    Error,
+    Event,
+    Queued,
+    SessionStart,
+    Timeout,
+)
+from deepresearch.events import utc_now as now_utc
+from deepresearch.runtime.deltas import ACCUMULATED, WireView, since_of
+from deepresearch.runtime.manager import SessionRequest
+from deepresearch.runtime.retention import Retention
+from deepresearch.sessions.leases import Leases
+from deepresearch.sessions.records import (
+    STATUS_BY_TERMINAL_EVENT,
+    UNFINISHED,
+    ConversationSummary,
+    SessionChanges,
+    SessionRecord,
+    SessionStatus,
+    StoredEvent,
+)
+from deepresearch.sessions.redis import RECONNECT_RETRIES, RedisSessionStore
+from deepresearch.sessions.redis_tails import TailHub
+
+log = logging.getLogger("deepresearch.dispatch")
+
+QUEUE_FUNCTION = "run_session"
+# saq gives a job up after this many attempts (each worker death or hand-back is one).
+JOB_RETRIES = 10
+# saq keeps a finished job's record this long (seconds).
+JOB_TTL = 3600
+# The sweep waits this long for a swept job's abort to be acknowledged (see Timings).
+ABORT_WAIT = 0.1
+# A node holds a session's lease this long at most, to write one event.
+NODE_LEASE = 2.0
+# Queue positions are read and announced at most this often.
+QUEUE_REPORT_INTERVAL = 1.0
+# A node with followers of a session renews its watch key this often; the key lives
+# WATCH_TTL seconds.
+WATCH_EVERY = 2.0
+WATCH_TTL = 3 * WATCH_EVERY
+# How long a new session waits for its first follower before the disconnect policy applies.
+ATTACH_WINDOW = 10.0
+# The cancel key outlives any run.
+CANCEL_TTL = 86_400
+READ_PAGE = 1000
+STORE_RETRY_AFTER = 10
+# An idle follower still wakes this often to see whether it should go on.
+FOLLOW_POLL = 5.0
+
+
+def _without_password(url: str) -> str:
+    """The URL as it may be logged: a password in it replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _reconnecting_retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), RECONNECT_RETRIES)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """saq's timers and the lease, from one figure: ``DEEPRESEARCH_RECOVERY_SECONDS``.
+
+    A dead worker's job is found by the sweep (every ``sweep`` s, by whichever worker
+    takes the sweep's lock) once its heartbeat is ``heartbeat`` s old; the sweep asks
+    it to abort, waits ``abort_wait`` s for an answer nobody will give, and re-queues
+    it. saq's default wait is 5 s *per job, one job after another*: a worker dying
+    with 64 sessions would take five minutes to recover. The lease is what guards a
+    session against two runners, so the wait is cut to a tenth of a second. The
+    heartbeat takes what is left of the recovery figure after the sweep period and a
+    2 s margin (the swept jobs' waits, the new attempt taking the lease). The lease's
+    TTL is the heartbeat: by the time a job is re-queued its dead worker's lease has
+    lapsed.
+    """
+
+    recovery: float
+    sweep: int
+    abort_wait: float
+    heartbeat: int
+
+    @classmethod
+    def for_recovery(cls, seconds: float) -> Timings:
+        sweep = max(1, int(seconds // 6))
+        heartbeat = max(1, int(seconds - sweep - 2))
+        return cls(seconds, sweep, ABORT_WAIT, heartbeat)
+
+    @property
+    def lease_ttl(self) -> float:
+        return float(self.heartbeat)
+
+    @property
+    def beat(self) -> float:
+        """How often a running session renews its lease and touches its job."""
+        return self.heartbeat / 4
+
+
+class SessionQueue(RedisQueue):
+    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for each abort."""
+
+    def __init__(self, redis: Redis, *, name: str, abort_wait: float) -> None:
+        super().__init__(redis, name=name, swept_error_message="swept")
+        self._abort_wait = abort_wait
+        # A worker with an adaptive limit passes this gate (room for one more) to
+        # dequeue; it is told the key of the job it took (counted until it starts).
+        self.gate: Callable[[], AbstractAsyncContextManager[Callable[[str], None]]] | None = None
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        if self.gate is None:
+            return await super().dequeue(timeout, poll_interval)
+        async with self.gate() as took:
+            job = await super().dequeue(timeout, poll_interval)
+            if job is not None:
+                took(job.key)
+            return job
+
+    async def positions(self) -> dict[str, int]:
+        """Queued sessions by their place in the line (1 = next)."""
+        ids = await cast("Awaitable[list[bytes]]", self.redis.lrange(self._queued, 0, -1))
+        return {self.job_key_from_id(raw.decode()): n for n, raw in enumerate(ids, 1)}
+
+
+class Cluster:
+    """What every process of a cluster shares in Redis: the store, the queue, the
+    leases, checkpoints and worker beats, and the keys nodes and workers agree by."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.timings = Timings.for_recovery(settings.recovery_seconds)
+        self.store = RedisSessionStore(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            retention=timedelta(days=settings.retention_days),
+        )
+        # saq's client speaks bytes (it pickles nothing, but its scripts return ids).
+        self.queue = SessionQueue(
+            Redis.from_url(
+                settings.redis_url,
+                retry=_reconnecting_retry(),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            ),
+            name=settings.redis_prefix,
+            abort_wait=self.timings.abort_wait,
+        )
+
+    async def open(self) -> None:
+        try:
+            await self.store.open()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise ConfigurationError(
+                f"DEEPRESEARCH_REDIS_URL: cannot reach Redis at {_without_password(self.store.url)}"
+                f" ({exc})"
+            ) from exc
+        await self.queue.connect()
+        self.leases = self.store.leases()
+        self.checkpoints = self.store.checkpoints()
+        self.workers = self.store.workers()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.queue.disconnect()
+        await self.store.close()
+
+    @property
+    def prefix(self) -> str:
+        return self.store.keys.prefix
+
+    def cancel_key(self, session_id: str) -> str:
+        return f"{self.prefix}:cancel:{session_id}"
+
+    def watch_key(self, session_id: str) -> str:
+        return f"{self.prefix}:watch:{session_id}"
+
+    async def cancel_reason(self, session_id: str) -> str | None:
+        return cast(str | None, await self.store.client.get(self.cancel_key(session_id)))
+
+    async def watched(self, session_id: str) -> bool:
+        return bool(await self.store.client.exists(self.watch_key(session_id)))
+
+    async def end_unleased(self, session_id: str, terminal: Event) -> bool:
+        """Write ``terminal`` for a session nobody runs, under a moment's lease.
+
+        True when the session has ended (by this call or before it); False when
+        someone holds the lease (its holder writes the ending).
+        """
+        token = f"node:{uuid.uuid4().hex}"
+        if not await self.leases.acquire(session_id, token, NODE_LEASE):
+            return False
+        try:
+            await self.end_leased(session_id, terminal, token)
+            return True
+        finally:
+            with contextlib.suppress(Exception):
+                await self.leases.release(session_id, token)
+
+    async def end_leased(self, session_id: str, terminal: Event, token: str) -> None:
+        """Write ``terminal`` (and the record's end) after the log's last event, fenced
+        by ``token``'s lease; nothing if the session has ended already."""
+        record = await self.store.get(session_id)
+        if record is None or record.status not in UNFINISHED:
+            return
+        status = STATUS_BY_TERMINAL_EVENT[terminal.type]
+        changes = SessionChanges(status=status, ended_at=now_utc(), error=terminal.content)
+        stored = StoredEvent(record.last_seq + 1, terminal.type, terminal.model_dump_json())
+        await self.store.append(session_id, [stored], changes, lease=token)
+        with contextlib.suppress(Exception):
+            await self.checkpoints.delete(session_id)
+
+    async def health(self, *, details: bool) -> dict[str, Any]:
+        """``/health``'s counts for the whole cluster (and, for admins, each worker)."""
+        try:
+            workers = await self.workers.alive()
+            queued = await self.queue.count("queued")
+        except Exception as exc:  # Redis restarting: say so, quickly
+            log.warning("health: Redis unreachable: %s", exc)
+            return {"status": "degraded", "redis": "unreachable"}
+        slots = sum(worker.slots for worker in workers)
+        running = sum(worker.running for worker in workers)
+        answer: dict[str, Any] = {
+            "active_sessions": running,
+            "queued_sessions": queued,
+            "max_concurrent": slots,
+            "lock_acquired": running >= slots,
+            "workers": len(workers),
+        }
+        if details:
+            answer["cluster"] = {
+                "recovery_seconds": self.timings.recovery,
+                "workers": [
+                    {
+                        "name": worker.name,
+                        "slots": worker.slots,
+                        "running": worker.running,
+                        "started_at": worker.started_at.isoformat(),
+                        "beat_at": worker.beat_at.isoformat(),
+                    }
+                    for worker in workers
+                ],
+            }
+        return answer
+
+
+@dataclass
+class _Waiting:
+    """A session this node admitted, while it waits in saq's queue."""
+
+    admitted: float  # loop time
+    position: int = 0  # the last one announced (0: none yet)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a new session goes: its id, and its conversation when it follows up."""
+
+    session_id: str
+    conversation_id: str | None = None  # None: it starts a conversation of its own
+    turn: int = 1
+    history: tuple[Exchange, ...] = ()
+
+
+def node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DistributedSessions:
+    """The routes' session manager on an API node in distributed mode."""
+
+    def __init__(self, settings: Settings, cluster: Cluster) -> None:
+        self._settings = settings
+        self._cluster = cluster
+        self._template = settings.agent_template()
+        self._hub: TailHub | None = None
+        self._waiting: dict[str, _Waiting] = {}
+        self._watches: Counter[str] = Counter()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Finished conversations also expire by TTL in Redis; this keeps the count
+        # bound (DEEPRESEARCH_RETENTION_MAX_SESSIONS) as in one process.
+        self._retention = Retention(
+            cluster.store, days=settings.retention_days, keep=settings.retention_max_sessions
+        )
+        # Owners of the sessions a worker in this process runs (its tools act for them).
+        self.running_owners: dict[str, str | None] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Nothing to settle: unfinished sessions are the cluster's live ones (saq
+        re-queues a dead worker's jobs; the lease says whether anyone runs them)."""
+        self._hub = TailHub(self._cluster.store)
+        await self._hub.__aenter__()
+        self._tasks = [
+            asyncio.create_task(self._announce_forever(), name="queue positions"),
+            asyncio.create_task(self._watch_forever(), name="watches"),
+        ]
+        self._retention.start()
+
+    async def close(self) -> None:
+        await self._retention.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._hub is not None:
+            await self._hub.__aexit__(None, None, None)
+            self._hub = None
+
+    @property
+    def store(self) -> RedisSessionStore:
+        return self._cluster.store
+
+    @property
+    def live_count(self) -> int:
+        """Sessions this node admitted that still wait in the queue (the cluster's
+        running ones are the workers': ``Cluster.health``)."""
+        return len(self._waiting)
+
+    def owner_of_session(self, session_id: str) -> str | None:
+        return self.running_owners.get(session_id)
+
+    # -- starting ---------------------------------------------------------------------------
+
+    async def start(self, request: SessionRequest) -> str:
+        """Create the session (record and ``session_start``) and enqueue it."""
+        self._template.for_request(**request.generation)  # refuse bad settings first
+        place = await self._place(request)
+        queue = self._cluster.queue
+        try:
+            queued = await queue.count("queued")
+        except Exception as exc:
+            raise Overloaded(
+                "the session queue is unreachable just now", retry_after=STORE_RETRY_AFTER
+            ) from exc
+        if queued >= self._settings.max_queue:
+            raise Overloaded(
+                f"the queue is full ({queued} sessions waiting)", retry_after=STORE_RETRY_AFTER
+            )
+        record = SessionRecord(
+            id=place.session_id,
+            question=request.question,
+            status="queued",
+            created_at=now_utc(),
+            owner=request.owner,
+            on_disconnect=request.on_disconnect,
+            conversation_id=place.conversation_id,
+            turn=place.turn,
+            client=request.client,
+        )
+        sid = record.id
+        start = SessionStart(session_id=sid, question=request.question, content=sid)
+        try:
+            await self.store.create(record)
+        except SessionConflict:
+            raise
+        except Exception as exc:
+            log.error("[session %s] the store cannot create it: %s", sid[:8], exc)
+            raise Overloaded(
+                "the session store cannot save new sessions just now",
+                retry_after=STORE_RETRY_AFTER,
+            ) from exc
+        history = place.history or request.history
+        try:
+            await self.store.append(sid, [StoredEvent(1, start.type, start.model_dump_json())])
+            await queue.enqueue(
+                QUEUE_FUNCTION,
+                key=sid,
+                session_id=sid,
+                generation=dict(request.generation),
+                history=[[exchange.question, exchange.answer] for exchange in history],
+                timeout=0,
+                heartbeat=self._cluster.timings.heartbeat,
+                retries=JOB_RETRIES,
+                ttl=JOB_TTL,
+            )
+        except Exception as exc:
+            log.error("[session %s] could not be enqueued: %s", sid[:8], exc)
+            with contextlib.suppress(Exception):
+                await self._cluster.end_unleased(
+                    sid, Error(session_id=sid, content="could not be enqueued")
+                )
+            raise Overloaded(
+                "the session queue is unreachable just now", retry_after=STORE_RETRY_AFTER
+            ) from exc
+        self._waiting[sid] = _Waiting(asyncio.get_running_loop().time())
+        question = request.question if self._settings.log_questions else "(question not logged)"
+        log.info("[session %s] enqueued: %s", sid[:8], question)
+        return sid
+
+    async def _place(self, request: SessionRequest) -> _Placement:
+        asked = request.session_id
+        if asked is None:
+            return _Placement(str(uuid.uuid4()))
+        earlier = await self.store.get(asked)
+        if earlier is None:
+            return _Placement(asked)
+        if request.owner is not None and earlier.owner != request.owner:
+            raise SessionConflict(f"session {asked} already exists")
+        turns = await self.store.conversation(earlier.conversation)
+        if any(turn.status in UNFINISHED for turn in turns):
+            raise SessionConflict(
+                f"conversation {earlier.conversation}: the previous question is still being "
+                "researched; wait for it to end (or cancel it) before asking a follow-up"
+            )
+        return _Placement(
+            str(uuid.uuid4()),
+            conversation_id=earlier.conversation,
+            turn=max(turn.turn for turn in turns) + 1,
+            history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
+        )
+
+    # -- queue positions and queue timeouts ---------------------------------------------------
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(QUEUE_REPORT_INTERVAL)
+            if not self._waiting:
+                continue
+            try:
+                await self._announce()
+            except Exception as exc:
+                log.warning("queue positions: %s", exc)
+
+    async def _announce(self) -> None:
+        positions = await self._cluster.queue.positions()
+        now = asyncio.get_running_loop().time()
+        for sid, waiting in list(self._waiting.items()):
+            position = positions.get(sid)
+            if position is None:  # a worker took it (or it was cancelled)
+                self._waiting.pop(sid, None)
+                continue
+            if now - waiting.admitted > self._settings.queue_timeout:
+                self._waiting.pop(sid, None)
+                await self._expire(sid)
+                continue
+            if position != waiting.position and not await self._write_position(sid, position):
+                self._waiting.pop(sid, None)
+                continue
+            waiting.position = position
+
+    async def _write_position(self, sid: str, position: int) -> bool:
+        """A ``queued`` event under a moment's lease; False once a worker has it."""
+        cluster = self._cluster
+        token = f"node:{uuid.uuid4().hex}"
+        if not await cluster.leases.acquire(sid, token, NODE_LEASE):
+            return False
+        try:
+            record = await self.store.get(sid)
+            if record is None or record.status != "queued":
+                return False
+            event = Queued(
+                session_id=sid,
+                position=position,
+                content=f"waiting for a free slot: position {position}",
+            )
+            stored = StoredEvent(record.last_seq + 1, event.type, event.model_dump_json())
+            await self.store.append(sid, [stored], lease=token)
+            return True
+        finally:
+            with contextlib.suppress(Exception):
+                await cluster.leases.release(sid, token)
+
+    async def _expire(self, sid: str) -> None:
+        seconds = self._settings.queue_timeout
+        reason = f"timeout: no slot became free within {seconds:g} s"
+        await self._stop(sid, reason, Timeout(session_id=sid, content=reason))
+
+    # -- cancelling ---------------------------------------------------------------------------
+
+    async def cancel(self, session_id: str, owner: str | None, reason: str) -> SessionRecord:
+        """Cancel a queued or running session, wherever it runs, and wait for its end."""
+        record = await self.get(session_id, owner)
+        if record.status not in UNFINISHED:
+            raise SessionConflict(f"session {session_id} already ended ({record.status})")
+        return await self._stop(
+            session_id, reason, Cancelled(session_id=session_id, content=reason)
+        )
+
+    async def _stop(self, sid: str, reason: str, terminal: Event) -> SessionRecord:
+        cluster = self._cluster
+        await cluster.store.client.set(cluster.cancel_key(sid), reason, ex=CANCEL_TTL)
+        job = await cluster.queue.job(sid)
+        if job is not None and job.status not in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
+            await cluster.queue.abort(job, reason)
+        self._waiting.pop(sid, None)
+        loop = asyncio.get_running_loop()
+        # The holder (if any) ends it within a beat; one whose worker died loses its
+        # lease within a TTL, and then this node ends it.
+        deadline = loop.time() + 2 * cluster.timings.lease_ttl + cluster.timings.recovery
+        while True:
+            record = await self.store.get(sid)
+            if record is None:
+                raise SessionNotFound(f"no session {sid}")
+            if record.status not in UNFINISHED:
+                return record
+            if await cluster.end_unleased(sid, terminal):
+                continue
+            if loop.time() > deadline:
+                return record
+            await self.store.tail(sid, record.last_seq, 1.0)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get(self, session_id: str, owner: str | None) -> SessionRecord:
+        record = await self.store.get(session_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise SessionNotFound(f"no session {session_id}")
+        return record
+
+    async def list_sessions(
+        self,
+        *,
+        limit: int,
+        offset: int,
+        status: SessionStatus | None,
+        owner: str | None,
+    ) -> tuple[list[SessionRecord], int]:
+        return await self.store.list_sessions(
+            limit=limit, offset=offset, status=status, owner=owner
+        )
+
+    async def conversation(self, conversation_id: str, owner: str | None) -> list[SessionRecord]:
+        turns = await self.store.conversation(conversation_id)
+        if not turns or (owner is not None and turns[0].owner != owner):
+            raise SessionNotFound(f"no conversation {conversation_id}")
+        return turns
+
+    async def list_conversations(
+        self, *, limit: int, offset: int, owner: str | None
+    ) -> tuple[list[ConversationSummary], int]:
+        return await self.store.list_conversations(limit=limit, offset=offset, owner=owner)
+
+    async def latest_answered(
+        self, *, owner: str | None, client: str | None
+    ) -> SessionRecord | None:
+        return await self.store.latest_answered(owner=owner, client=client)
+
+    # -- following ----------------------------------------------------------------------------
+
+    async def follow(
+        self,
+        session_id: str,
+        after: int = 0,
+        idle: float | None = None,
+        *,
+        deltas: bool = False,
+    ) -> AsyncIterator[StoredEvent | None]:
+        """The session's events after ``after`` as the wire carries them, from Redis:
+        the stored ones a page at a time, then live from the node's ``TailHub``,
+        until the terminal one. ``None`` after ``idle`` quiet seconds."""
+        if await self.store.get(session_id) is None:
+            raise SessionNotFound(f"no session {session_id}")
+        view = WireView(session_id, deltas=deltas)
+        self._watch(session_id)
+        try:
+            last = after
+            rows = await self._read(view, session_id, after)
+            while True:
+                for row in rows:
+                    for out in view.feed(row):
+                        yield out
+                    last = row.seq
+                    if row.type in TERMINAL_TYPES:
+                        for out in view.flush():
+                            yield out
+                        return
+                if len(rows) < READ_PAGE:
+                    break
+                rows = await self.store.events(session_id, last, READ_PAGE)
+            assert self._hub is not None
+            with await self._hub.subscribe(session_id, last) as subscription:
+                while True:
+                    rows = await subscription.next(idle if idle is not None else FOLLOW_POLL)
+                    if not rows:
+                        if idle is not None:
+                            yield None
+                        continue
+                    for row in rows:
+                        if row.seq <= last:
+                            continue
+                        for out in view.feed(row):
+                            yield out
+                        last = row.seq
+                        if row.type in TERMINAL_TYPES:
+                            for out in view.flush():
+                                yield out
+                            return
+        finally:
+            self._unwatch(session_id)
+
+    async def _read(self, view: WireView, session_id: str, after: int) -> list[StoredEvent]:
+        """The first page after ``after``, ``view`` primed with the earlier rows its
+        streamed text needs (as the local manager does)."""
+        rows = await self.store.events(session_id, after, READ_PAGE)
+        starts = []
+        for kind in ACCUMULATED:
+            first = next((row for row in rows if row.type == kind), None)
+            since = since_of(first) if first is not None else None
+            if since is not None and since <= after:
+                starts.append(since)
+        if starts:
+            earlier = await self.store.events(session_id, min(starts) - 1, after - min(starts) + 1)
+            view.prime([row for row in earlier if row.seq <= after])
+        return rows
+
+    # -- watching (on_disconnect across nodes) ------------------------------------------------
+
+    def _watch(self, session_id: str) -> None:
+        self._watches[session_id] += 1
+        if self._watches[session_id] == 1:
+            task = asyncio.ensure_future(self._renew_watches([session_id]))
+            task.add_done_callback(lambda done: done.exception())  # never unretrieved
+
+    def _unwatch(self, session_id: str) -> None:
+        self._watches[session_id] -= 1
+        if self._watches[session_id] <= 0:
+            del self._watches[session_id]
+
+    async def _renew_watches(self, session_ids: list[str]) -> None:
+        cluster = self._cluster
+        async with cluster.store.client.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.set(cluster.watch_key(sid), "1", px=int(WATCH_TTL * 1000))
+            await pipe.execute()
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if not self._watches:
+                continue
+            try:
+                await self._renew_watches(list(self._watches))
+            except Exception as exc:
+                log.warning("watches: %s", exc)
+
+
+async def take_lease(leases: Leases, session_id: str, token: str, ttl: float) -> bool:
+    """A worker's lease on the session, waiting at most one TTL (plus a node's moment)
+    for it: a dead holder's lease lapses by then and a node holds it for a moment
+    only; a holder still renewing after that is a live worker running the session
+    (at-least-once delivered its job twice): False, leave it the session."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ttl + NODE_LEASE
+    while not await leases.acquire(session_id, token, ttl):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(min(0.5, ttl / 10))  # until it lapses or is released
+    return True
+
+
+def slots_for(settings: Settings) -> int:
+    """A worker's saq concurrency: the number, or for ``auto`` the adaptive bound's top
+    (the adaptive limit then gates dequeuing below it)."""
+    if isinstance(settings.max_concurrent, int):
+        return settings.max_concurrent
+    return settings.max_concurrent_max
+
+
+def shutdown_grace(settings: Settings) -> int:
+    return math.ceil(settings.shutdown_grace)

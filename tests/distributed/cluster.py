@@ -1,0 +1,166 @@
+"""A real cluster for tests: API nodes (`deepresearch serve`) and workers (`deepresearch
+worker`) as processes, sharing one real `redis-server`, calling the LLM simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import redis
+
+from tests.redis_server import RedisServer
+from tests.support import SHARED_CORPUS, Process, free_port, wait_until_healthy
+
+# Small, so that a dead worker's sessions are taken over in seconds (heartbeat 4 s,
+# sweep 1 s, abort wait 1 s).
+RECOVERY_SECONDS = 6
+SLOTS_PER_WORKER = 3
+ADMIN_KEY = "admin-key-for-tests"
+
+T = TypeVar("T")
+
+
+class Cluster:
+    """Nodes and workers on one Redis, one prefix; each process gets its own data dir."""
+
+    def __init__(
+        self, redis_server: RedisServer, workdir: Path, llm_url: str, corpus: Path, prefix: str
+    ) -> None:
+        self.redis = redis_server
+        self.workdir = workdir
+        self.prefix = prefix
+        self.env = {
+            **os.environ,
+            "DEEPRESEARCH_REDIS_URL": redis_server.url,
+            "DEEPRESEARCH_REDIS_PREFIX": prefix,
+            "DEEPRESEARCH_RECOVERY_SECONDS": str(RECOVERY_SECONDS),
+            "DEEPRESEARCH_MAX_CONCURRENT": str(SLOTS_PER_WORKER),
+            "DEEPRESEARCH_LLM_URL": llm_url,
+            "DEEPRESEARCH_CORPUS": str(corpus if corpus.exists() else SHARED_CORPUS),
+            "DEEPRESEARCH_SEARCH": "local",
+            "DEEPRESEARCH_LOG_LEVEL": "INFO",
+            "DEEPRESEARCH_SHUTDOWN_GRACE": "2",
+        }
+        self.nodes: list[Process] = []
+        self.workers: list[subprocess.Popen[str]] = []
+        self._count = 0
+
+    def _data_dir(self, kind: str) -> str:
+        self._count += 1
+        path = self.workdir / f"{kind}-{self._count}"
+        path.mkdir(parents=True)
+        return str(path)
+
+    def _log(self, kind: str) -> Any:
+        return (self.workdir / f"{kind}-{self._count}.log").open("w")
+
+    def start_node(self, **env: str) -> Process:
+        port = free_port()
+        environment = {
+            **self.env,
+            "DEEPRESEARCH_DATA_DIR": self._data_dir("node"),
+            "DEEPRESEARCH_PORT": str(port),
+            **env,
+        }
+        with self._log("node") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "deepresearch.cli", "serve"],
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
+        node = Process(proc, f"http://127.0.0.1:{port}")
+        self.nodes.append(node)
+        wait_until_healthy(node.url, proc)
+        return node
+
+    def start_worker(self) -> subprocess.Popen[str]:
+        environment = {**self.env, "DEEPRESEARCH_DATA_DIR": self._data_dir("worker")}
+        with self._log("worker") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "deepresearch.cli", "worker"],
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
+        self.workers.append(proc)
+        return proc
+
+    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+        """Until the cluster's /health counts ``count`` live workers."""
+        assert self.nodes, "start a node first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for worker in self.workers:
+                if worker.poll() is not None:
+                    raise AssertionError(f"a worker exited with {worker.returncode}")
+            health = httpx.get(f"{self.nodes[0].url}/health", timeout=5).json()
+            if health.get("workers") == count:
+                return
+            time.sleep(0.05)  # polling a condition with a deadline
+        raise AssertionError(f"{count} workers did not show up within {timeout} s")
+
+    def kill_worker(self, pid: int) -> None:
+        """``kill -9`` the worker with this pid."""
+        for worker in self.workers:
+            if worker.pid == pid:
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()
+                self.workers.remove(worker)
+                return
+        raise AssertionError(f"no worker with pid {pid}")
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        for node in self.nodes:
+            node.stop()
+
+    # -- reading Redis directly (what the test checks, not what the code under test says)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+
+    def lease_holder(self, session_id: str) -> str | None:
+        with self.client() as client:
+            value = client.get(f"{self.prefix}:lease:{session_id}")
+            return str(value) if value is not None else None
+
+    def record(self, session_id: str) -> dict[str, str]:
+        with self.client() as client:
+            return dict(client.hgetall(f"{self.prefix}:session:{session_id}"))
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], timeout: float, what: str, every: float = 0.05
+) -> T:
+    """``check()`` until it returns something, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await check()
+        if found is not None:
+            return found
+        await asyncio.sleep(every)  # polling an observable condition with a deadline
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+async def sim_requests(client: httpx.AsyncClient, sim_url: str) -> int:
+    stats = (await client.get(f"{sim_url.removesuffix('/v1')}/stats")).json()
+    return int(stats["requests"])
