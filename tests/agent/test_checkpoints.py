@@ -18,7 +18,7 @@ from deepresearch.agent import ReactAgent
 from deepresearch.agent.base import AgentState, RoundHook
 from deepresearch.config import AgentTemplate
 from deepresearch.events import parse_event, utc_now
-from deepresearch.runtime.runner import SessionRun
+from deepresearch.runtime.runner import RunOutcome, SessionRun
 from deepresearch.sessions.checkpoints import Checkpoint, SqliteCheckpointStore
 from deepresearch.sessions.records import SessionRecord, StoredEvent
 from deepresearch.sessions.sqlite import SqliteSessionStore
@@ -191,14 +191,13 @@ def _round(row: StoredEvent) -> int:
     return int(json.loads(row.data)["round"])
 
 
-async def test_resume_without_a_checkpoint_starts_the_rounds_again(
-    stores: tuple[SqliteSessionStore, Saved],
-) -> None:
-    store, checkpoints = stores
-    record = SessionRecord(id="resume-2", question="q", status="queued", created_at=utc_now())
+async def _resume_bare(
+    store: SqliteSessionStore, checkpoints: Saved, record: SessionRecord
+) -> tuple[RunOutcome, list[str], ScriptedModel]:
+    """Resume a session whose log holds only its ``session_start`` and no checkpoint."""
     await store.create(record)
     start = StoredEvent(1, "session_start", '{"type":"session_start"}')
-    await store.append("resume-2", [start])
+    await store.append(record.id, [start])
     model = ScriptedModel([search_call("gout"), "<answer>Done [1].</answer>"])
     run = SessionRun(
         record,
@@ -209,7 +208,31 @@ async def test_resume_without_a_checkpoint_starts_the_rounds_again(
         resume=True,
     )
     outcome = await run.run()
+    return outcome, [row.type for row in await store.events(record.id)], model
+
+
+async def test_resume_without_a_checkpoint_starts_the_rounds_again(
+    stores: tuple[SqliteSessionStore, Saved],
+) -> None:
+    record = SessionRecord(
+        id="resume-2",
+        question="q",
+        status="processing",
+        created_at=utc_now(),
+        started_at=utc_now(),  # it had taken a slot: its first round was under way
+    )
+    outcome, types, model = await _resume_bare(*stores, record)
     assert outcome.status == "completed" and outcome.resumed_from == 0
-    types = [row.type for row in await store.events("resume-2")]
     assert types[:4] == ["session_start", "resumed", "init", "round_start"]
     assert types.count("session_start") == 1 and len(model.calls) == 2
+
+
+async def test_a_session_that_only_waited_goes_on_without_announcing_a_resume(
+    stores: tuple[SqliteSessionStore, Saved],
+) -> None:
+    # Its log so far is what a queue wrote (here, or on the API node that queued it).
+    record = SessionRecord(id="resume-3", question="q", status="queued", created_at=utc_now())
+    outcome, types, model = await _resume_bare(*stores, record)
+    assert outcome.status == "completed"
+    assert types[:3] == ["session_start", "init", "round_start"]
+    assert "resumed" not in types and len(model.calls) == 2

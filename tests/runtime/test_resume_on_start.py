@@ -125,7 +125,11 @@ async def test_a_session_the_queue_cannot_take_back_is_marked_failed(tmp_path: P
     await store.open()
     for n in (1, 2):  # what a killed server left: two sessions under way
         record = SessionRecord(
-            id=f"left-{n}", question="q", status="processing", created_at=utc_now()
+            id=f"left-{n}",
+            question="q",
+            status="processing",
+            created_at=utc_now(),
+            started_at=utc_now(),
         )
         await store.create(record)
         await store.append(record.id, [StoredEvent(1, "session_start", "{}")])

@@ -263,12 +263,18 @@ class SessionRun:
         return checkpoint
 
     async def _begin(self) -> None:
-        """The first event: ``session_start``, or ``resumed`` after the log's last one."""
+        """The first event: ``session_start``; or, going on after the log's last one,
+        ``resumed`` when an earlier run took a slot (the record has ``started_at``) or
+        left a checkpoint; a session that only waited so far (its log: ``session_start``,
+        perhaps ``queued``, written here or by the API node that queued it) goes
+        straight on."""
         sid = self.id
         if not self._resume:
             await self.emit(
                 SessionStart(session_id=sid, question=self.record.question, content=sid)
             )
+            return
+        if self.record.started_at is None and not self._checkpointed:
             return
         done = self.checkpoint_round
         where = f"after round {done}" if done else "from its first round"

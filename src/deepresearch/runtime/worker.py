@@ -68,23 +68,6 @@ CLAIM_SECONDS = 10.0
 SLOT_POLL = 0.25
 
 
-class _WorkerRun(SessionRun):
-    """The runner, starting where the API node left off.
-
-    The node wrote ``session_start`` (and perhaps ``queued`` positions) before the
-    job was queued, so a worker's run always goes on from the log's last number.
-    Only a run after an earlier one took the slot (its record has ``started_at``)
-    or left a checkpoint is a resume (``resumed`` first); the first run goes
-    straight to ``init``.
-    """
-
-    async def _begin(self) -> None:
-        # (The runner has read the record and its checkpoint by now: ``_load``.)
-        if self._resume and self.record.started_at is None and not self._checkpointed:
-            return  # a first run: it goes on after the node's session_start
-        await super()._begin()
-
-
 class SessionWorker:
     """One worker process: a saq ``Worker`` plus its beats."""
 
@@ -227,7 +210,7 @@ class SessionWorker:
                     return await cluster.cancel_reason(sid)
                 return None
 
-            run = _WorkerRun(
+            run = SessionRun(
                 record,
                 store=cluster.store,
                 agent_factory=self._services.agent_factory,
