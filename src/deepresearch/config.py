@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     # Logs: questions may be medical data, so they are not logged unless asked.
     log_questions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Logs go to standard output unless a file is named (reopened when logrotate moves it).
+    log_file: Path | None = None
 
     @field_validator(
         "llm_url", "search", "api_keys", "cors_origins", "allowed_hosts", mode="before"
