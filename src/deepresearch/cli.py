@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="address to listen on (DEEPRESEARCH_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (DEEPRESEARCH_PORT)")
+    serve.add_argument(
+        "--log-file", type=Path, help="write logs to this file (DEEPRESEARCH_LOG_FILE; else stdout)"
+    )
 
     ask = commands.add_parser("ask", help="research one question here and print the answer")
     ask.add_argument("question", help="the question, in quotes")
@@ -58,7 +62,21 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    """Every log line (ours, uvicorn's, the access log) to stdout or ``--log-file``."""
+    handler: logging.Handler
+    if settings.log_file is None:
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        try:
+            # Reopens the file when logrotate has moved it away.
+            handler = logging.handlers.WatchedFileHandler(settings.log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"DEEPRESEARCH_LOG_FILE (--log-file): cannot write {settings.log_file}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     # httpx logs every request's full URL at INFO, credentials included; ours name backends
     # without them.
     logging.getLogger("httpx").setLevel(
@@ -73,7 +91,7 @@ def serve(args: argparse.Namespace) -> int:
     from deepresearch.server.limits import server_options
     from deepresearch.server.startup import check_data_dir
 
-    settings = _settings(host=args.host, port=args.port)
+    settings = _settings(host=args.host, port=args.port, log_file=args.log_file)
     _configure_logging(settings)
     check_data_dir(settings)
     mode = "offline evidence mode (no LLM configured)" if settings.offline else "LLM mode"
@@ -85,6 +103,7 @@ def serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers reach the handler set up above
         timeout_graceful_shutdown=5,
         **server_options(settings.header_timeout),
     )

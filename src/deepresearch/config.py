@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     # Logs: questions may be medical data, so they are not logged unless asked.
     log_questions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Logs go to standard output unless a file is named (reopened when logrotate moves it).
+    log_file: Path | None = None
 
     # Distributed mode (docs/deploy.md): a Redis URL turns it on. API nodes (`serve`)
     # admit, enqueue and stream; `deepresearch worker` processes run the sessions.
