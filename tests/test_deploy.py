@@ -35,7 +35,10 @@ def test_every_command_run_in_deploy_is_a_cli_command() -> None:
     run = {
         command
         for path in FILES
-        for command in re.findall(r"\bdeepresearch,? (\w+)", path.read_text())
+        # ExecStart=.../bin/deepresearch X, command: [deepresearch, X], CMD ["deepresearch", "X"]
+        for command in re.findall(
+            r'(?:/bin/deepresearch |\[deepresearch, |"deepresearch", ")(\w+)', path.read_text()
+        )
     }
     assert {"serve", "worker"} <= run
     assert run <= _commands(), f"not commands: {sorted(run - _commands())}"

@@ -36,9 +36,6 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="address to listen on (DEEPRESEARCH_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (DEEPRESEARCH_PORT)")
-    serve.add_argument(
-        "--log-file", type=Path, help="write logs to this file (DEEPRESEARCH_LOG_FILE; else stdout)"
-    )
 
     ask = commands.add_parser("ask", help="research one question here and print the answer")
     ask.add_argument("question", help="the question, in quotes")
@@ -46,10 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, help="nucleus sampling (0 to 1)")
     ask.add_argument("--max-tokens", type=int, help="tokens per model reply")
 
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker",
         help="run sessions from the cluster's queue (distributed mode: DEEPRESEARCH_REDIS_URL)",
     )
+    for command in (serve, worker):
+        command.add_argument(
+            "--log-file",
+            type=Path,
+            help="write logs to this file (DEEPRESEARCH_LOG_FILE; else stdout)",
+        )
 
     index = commands.add_parser("index", help="build or update the local evidence index")
     index.add_argument("paths", nargs="+", type=Path, help="JSONL(.gz) files or folders")
@@ -239,7 +242,7 @@ def index(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     from deepresearch.runtime.worker import run_worker
 
-    settings = _settings()
+    settings = _settings(log_file=args.log_file)
     _configure_logging(settings)
     return asyncio.run(run_worker(settings))
 
