@@ -79,7 +79,7 @@ def _configure_logging(settings: Settings) -> None:
                 f"{exc.strerror or exc}"
             ) from exc
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     # httpx logs every request's full URL at INFO, credentials included; ours name backends
     # without them.
     logging.getLogger("httpx").setLevel(
