@@ -81,24 +81,32 @@ def test_the_kv_cache_caps_the_limit_at_the_sessions_it_holds() -> None:
     assert kv_ceiling(Reading(1, True, kv(120_000))) is None  # nobody seated yet
 
 
+def calls(contexts: tuple[float, ...], calling: int | None = None) -> Reading:
+    """A reading with sessions waiting, ``calling`` of the seated ones in a model call."""
+    in_call = len(contexts) if calling is None else calling
+    return Reading(in_call, True, kv(120_000), contexts=contexts, calling=in_call)
+
+
 def test_long_contexts_bring_the_limit_down_and_hold_it_there_under_demand() -> None:
     control = AdaptiveLimit(LimitBounds(initial=4, maximum=64))
-    small = (2_000.0,) * 4
-    assert control.observe(Reading(4, True, kv(120_000), contexts=small)) == 8  # slow start
-    grown = (30_000.0,) * 6  # the sessions' prompts grew round by round
-    assert control.observe(Reading(6, True, kv(120_000), contexts=grown)) == 4
+    assert control.observe(calls((2_000.0,) * 4)) == 8  # slow start
+    assert control.observe(calls((30_000.0,) * 6)) == 4  # the prompts grew round by round
     longer = (55_000.0, 60_000.0, 65_000.0, 70_000.0)
-    assert [control.observe(Reading(2, True, kv(120_000), contexts=longer)) for _ in range(3)] == [
-        2,
-        2,
-        2,
-    ]
+    assert [control.observe(calls(longer)) for _ in range(3)] == [2, 2, 2]
     # New, short sessions seated in their place: it grows again, one at a time.
     fresh = (60_000.0, 5_000.0, 5_000.0)
-    assert [control.observe(Reading(2, True, kv(120_000), contexts=fresh)) for _ in range(2)] == [
-        3,
-        4,
-    ]
+    assert [control.observe(calls(fresh)) for _ in range(2)] == [3, 4]
+
+
+def test_sessions_that_spend_their_time_in_tools_are_seated_more() -> None:
+    always = AdaptiveLimit(LimitBounds(initial=2))
+    toolbound = AdaptiveLimit(LimitBounds(initial=2))
+    contexts = (40_000.0,) * 4
+    for _ in range(10):
+        always.observe(calls(contexts))
+        toolbound.observe(calls(contexts, calling=1))  # three of four in a tool at a time
+    assert always.limit == 3  # the cache holds three whole prompts
+    assert toolbound.limit > always.limit  # but need only hold those in a call
 
 
 def test_the_kv_capacity_comes_from_vllms_cache_config_info() -> None:

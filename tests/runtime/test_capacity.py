@@ -68,11 +68,11 @@ async def test_with_auto_long_sessions_are_seated_few_by_the_kv_cache(tmp_path: 
     assert sum(t.state == "holding" for t in tickets) == 4
     gate = pool.backends[0].limiter
     assert gate.seats  # auto seats sessions at the gate
-    prompt: list[Message] = [{"role": "user", "content": "x" * 210_000}]  # ~60k tokens
+    prompt: list[Message] = [{"role": "user", "content": "x" * 280_000}]  # ~80k tokens
     for n in range(4):
         call = CallContext(f"s{n}", "round")
         async for _ in pool.stream(prompt, GenerationSettings(), (), call=call):
             pass
-    await capacity.step()  # four seated sessions of 60k tokens: the cache holds two
+    await capacity.step()  # four seated sessions of 80k tokens: room for two
     assert capacity.limits() == [2] and admission.max_concurrent == 2
     assert [gate.seated(f"s{n}") for n in range(4)] == [True, True, False, False]

@@ -67,6 +67,10 @@ class CallLimiter:
     def seated(self, holder: str | None) -> bool:
         return holder is not None and holder in self._seated
 
+    def seated_calling(self) -> int:
+        """Seated sessions with a call in flight (the others are running tools)."""
+        return sum(1 for holder in self._seated if self._calls.get(holder))
+
     def calling(self, holder: str) -> bool:
         """Whether ``holder`` has a call in flight here."""
         return holder in self._calls
@@ -172,6 +176,7 @@ class Reading:
     ttft: float | None = None  # median time to first piece of recent calls, seconds
     gap: float | None = None  # median time between pieces of recent calls, seconds
     contexts: tuple[float, ...] = ()  # prompt tokens of each session seated on it
+    calling: int = 0  # how many of those are in a model call now (the rest run tools)
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,9 @@ BASELINE_DRIFT = 1.01  # an unloaded reading lifts the baseline by at most 1%
 HIT_DROP = 0.25
 HIT_WINDOW = 4096  # prompt tokens looked up before a hit rate is judged
 HIT_MEMORY = 0.995  # the best rate seen fades by this much a reading
+# The share of seated sessions in a model call (not in a tool), smoothed over readings.
+IN_CALL_MEMORY = 0.8
+IN_CALL_FLOOR = 0.25
 
 
 class AdaptiveLimit:
@@ -219,6 +227,7 @@ class AdaptiveLimit:
         self._gap_base: float | None = None
         self._lookups: tuple[float, float] | None = None  # prefix-cache queries, hits
         self._best_hits = 0.0
+        self._in_call = 1.0  # until seen, as if every seated session were in a call
 
     def restart(self) -> None:
         """The backend came back from an outage: probe upward quickly again."""
@@ -239,7 +248,10 @@ class AdaptiveLimit:
             if reading.demand and not full:
                 grown = self.limit * 2 if self.slow_start else self.limit + 1
                 self.limit = min(self.bounds.maximum, grown)
-        ceiling = kv_ceiling(reading)
+        if reading.contexts:
+            share = min(1.0, reading.calling / len(reading.contexts))
+            self._in_call = IN_CALL_MEMORY * self._in_call + (1 - IN_CALL_MEMORY) * share
+        ceiling = kv_ceiling(reading, max(IN_CALL_FLOOR, self._in_call))
         if ceiling is not None and self.limit > ceiling:
             self.limit = max(self.bounds.minimum, ceiling)
             self.slow_start = False  # the level is known: grow one at a time from here
@@ -294,14 +306,17 @@ class AdaptiveLimit:
         return slow
 
 
-def kv_ceiling(reading: Reading) -> int | None:
+def kv_ceiling(reading: Reading, in_call: float = 1.0) -> int | None:
     """How many sessions the backend's KV cache holds at the seated sessions' mean
-    prompt size, rounded up (one more session than fits whole still overlaps its tool
-    calls and prefills with the others' decoding); None when either is unknown."""
+    prompt size, when ``in_call`` of them are in a model call at any time: a session
+    running a tool holds no blocks, only cached ones that may be evicted (costing it a
+    prefill when it comes back, not a pre-emption). Rounded up: one more session than
+    fits whole still overlaps its tool calls and prefills with the others' decoding.
+    None when the cache's size or the sessions' prompts are unknown."""
     signals = reading.signals
     if signals is None or not signals.kv_capacity or not reading.contexts:
         return None
-    per_session = statistics.fmean(reading.contexts)
+    per_session = statistics.fmean(reading.contexts) * in_call
     if per_session <= 0:
         return None
     return max(1, math.ceil(signals.kv_capacity / per_session))

@@ -108,12 +108,15 @@ class Backend:
     def reading(self, demand: bool, contexts: tuple[float, ...] = ()) -> Reading:
         """Summarise the calls since the last reading, and start a new window;
         ``contexts``: the prompt sizes of the sessions seated here."""
+        calling = self.limiter.seated_calling()
         ttft = statistics.median(self._ttfts) if self._ttfts else None
         gap = statistics.median(self._gaps) if self._gaps else None
         self._ttfts.clear()
         self._gaps.clear()
         wants_room = demand or self.limiter.waiting > 0
-        return Reading(self.limiter.in_flight, wants_room, self.signals, ttft, gap, contexts)
+        return Reading(
+            self.limiter.in_flight, wants_room, self.signals, ttft, gap, contexts, calling
+        )
 
 
 @dataclass
