@@ -159,3 +159,20 @@ async def test_a_seated_session_stays_home_even_when_its_home_looks_full() -> No
     assert home.limiter.full  # its own idle seat fills it
     await call(pool, "s")
     assert home is pool.backends[0] and pool.choose("s") is home
+
+
+def test_a_falling_hit_rate_is_no_thrash_while_every_seated_prompt_fits() -> None:
+    def lookups(queries: float, hit: float, contexts: tuple[float, ...]) -> Reading:
+        signals = BackendSignals(0, 0, 0.3, 0, queries, hit, kv_capacity=120_000)
+        return Reading(4, True, signals, contexts=contexts, calling=len(contexts))
+
+    # Four prompts of 10k fit 120k (it grows 9, 10, 11); four of 35k do not (the ceiling
+    # holds it at 4, and then it backs off).
+    roomy, crowded = (10_000.0,) * 4, (35_000.0,) * 4
+    for contexts, expected in ((roomy, 11), (crowded, 3)):
+        control = AdaptiveLimit(LimitBounds(initial=8))
+        control.slow_start = False
+        control.observe(lookups(0, 0, contexts))
+        control.observe(lookups(10_000, 9_000, contexts))  # 90%: the first round's prompts
+        # New tool results to prefill: 30% cached. Thrash only when the prompts overflow.
+        assert control.observe(lookups(20_000, 12_000, contexts)) == expected

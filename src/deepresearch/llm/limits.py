@@ -273,7 +273,9 @@ class AdaptiveLimit:
             queue_stays = long_queue and self._waiting_before > max(1.0, WAITING_SHARE * self.limit)
             self._waiting_before = signals.waiting
             kv_full = signals.kv_usage is not None and signals.kv_usage >= KV_FULL
-            thrashing = self._thrashing(signals)
+            # A falling hit rate is thrash only when the seated sessions' prompts no longer
+            # fit the cache; while they do, it is new text (tool results) being prefilled.
+            thrashing = self._thrashing(signals) and not _all_fit(signals, reading.contexts)
             congested = preempted or thrashing or (queue_stays and memory_bound)
             return congested, kv_full or (long_queue and memory_bound)
         return self._latency_congested(reading), False
@@ -304,6 +306,11 @@ class AdaptiveLimit:
             self._gap_base = _baseline(self._gap_base, reading.gap, unloaded)
             slow |= reading.gap > GAP_TOLERANCE * self._gap_base
         return slow
+
+
+def _all_fit(signals: BackendSignals, contexts: tuple[float, ...]) -> bool:
+    """Whether the KV cache holds every seated session's whole prompt at once."""
+    return bool(signals.kv_capacity and contexts and sum(contexts) <= signals.kv_capacity)
 
 
 def kv_ceiling(reading: Reading, in_call: float = 1.0) -> int | None:
