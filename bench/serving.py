@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -284,6 +284,8 @@ def write_corpus(path: Path) -> None:
 
 async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
     plan = QUICK if args.quick else FULL
+    if args.headroom_sessions:
+        plan = replace(plan, headroom_sessions=args.headroom_sessions, deadlock_sessions=0)
     procs = Processes(workdir)
     write_corpus(workdir / "corpus.jsonl")
     bench = Bench(args, plan, procs)
@@ -313,6 +315,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="contender names, comma-separated")
     parser.add_argument("--no-two-backends", dest="two_backends", action="store_false")
     parser.add_argument("--no-headroom", dest="headroom", action="store_false")
+    parser.add_argument("--headroom-sessions", type=int, default=None,
+                        help="sessions in the headroom burst (default 32)")  # fmt: skip
     parser.add_argument("--run-timeout", type=float, default=180.0,
                         help="wall seconds one contender's burst may take")  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH / "results")
