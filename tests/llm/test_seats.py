@@ -176,3 +176,14 @@ def test_a_falling_hit_rate_is_no_thrash_while_every_seated_prompt_fits() -> Non
         control.observe(lookups(10_000, 9_000, contexts))  # 90%: the first round's prompts
         # New tool results to prefill: 30% cached. Thrash only when the prompts overflow.
         assert control.observe(lookups(20_000, 12_000, contexts)) == expected
+
+
+async def test_a_waiter_cancelled_while_the_gate_wakes_leaves_it_consistent() -> None:
+    gate = CallLimiter(1)
+    await gate.acquire(0, "a")
+    waiter = asyncio.create_task(gate.acquire(1, "b"))
+    await asyncio.sleep(0)
+    waiter.cancel()  # its turn is cancelled now; the task sees it on its next step
+    gate.release("a")  # a wake-up before then drops the cancelled turn
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled() and gate.waiting == 0 and gate.in_flight == 0

@@ -105,7 +105,7 @@ class CallLimiter:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self.release(holder)  # granted just as it was cancelled: pass it on
-            else:
+            elif entry in self._waiters:  # a wake-up in between may have dropped it
                 self._waiters.remove(entry)
             raise
 
