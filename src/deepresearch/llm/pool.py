@@ -207,9 +207,10 @@ class BackendPool:
             if seen.tokens and limiter.seated(session_id)
         )
 
-    def _unseat_ended(self, session_id: str | None) -> None:
+    def unseat_ended(self, session_id: str | None = None) -> None:
         """Free the seats of sessions that have ended: while more sessions are seated or
-        waiting than are running, the least recently active idle seat goes."""
+        waiting than are running, the least recently active idle seat goes. Run before
+        each call (``session_id`` is about to call) and on each control step."""
         if self.alive is None:
             return
         known: set[str] = set()
@@ -251,7 +252,7 @@ class BackendPool:
         seen = self._sessions.get(call.session_id) if call.session_id else None
         if seen is not None and call.purpose == "round":
             seen.tokens = sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN
-        self._unseat_ended(call.session_id)
+        self.unseat_ended(call.session_id)
         priority = self._priority(call.session_id)
         async with backend.limiter.held(priority, call.session_id):
             sent = self._clock()

@@ -81,6 +81,7 @@ class Capacity:
         if self._pool is None:
             return
         await self._pool.refresh()
+        self._pool.unseat_ended()  # sessions that ended while the others wait at a gate
         demand = self._admission.queued > 0
         for backend, controller in self.controllers.items():
             if backend.recovered:
