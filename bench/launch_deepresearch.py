@@ -12,6 +12,7 @@ know it) exits with status 2 and the message, as ``deepresearch serve`` does.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,7 @@ class PaddedSearch:
     async def call(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
         queries = arguments.get("query")
         query = queries[0] if isinstance(queries, list) and queries else str(queries)
+        await asyncio.sleep(workload.tool_wait(str(query)))  # the search API or page fetch
         text, found = workload.padded_results(str(query))
         sources = tuple(
             Source(source_id=sid, title=title, url=f"https://example.org/{sid}", text=title)

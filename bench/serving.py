@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import tempfile
 import time
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,18 @@ class Plan:
     two_backend_sessions: int
     headroom_sessions: int
     headroom_sweep: list[int]
+    deadlock_sessions: int  # the seed's burst on the headroom backend that it cannot finish
 
 
+DEADLOCK_WALL = 60.0  # wall seconds the seed gets with 64 clients (an hour simulated at 60x)
 HEADROOM_KV = 960_000  # tokens of KV cache in the "headroom" scenario (8x the default)
 FULL = Plan(
     sessions={"short": 24, "medium": 16, "long": 6},
-    sweep={"short": [6, 8, 12, 16], "medium": [2, 4, 6], "long": [1, 2, 4]},
+    sweep={"short": [6, 8, 12, 16, 24], "medium": [2, 4, 6, 8, 12], "long": [1, 2, 4]},
     two_backend_sessions=16,
-    headroom_sessions=64,
-    headroom_sweep=[3, 16, 32, 64],
+    headroom_sessions=32,
+    headroom_sweep=[3, 16, 32],
+    deadlock_sessions=64,
 )
 QUICK = Plan(
     sessions={"short": 8, "medium": 6, "long": 3},
@@ -80,6 +84,7 @@ QUICK = Plan(
     two_backend_sessions=6,
     headroom_sessions=16,
     headroom_sweep=[3, 16],
+    deadlock_sessions=0,
 )
 
 
@@ -227,8 +232,26 @@ class Bench:
                 if self.args.only and contender.name not in self.args.only:
                     continue
                 await self.run_one(shape, contender, [sim], count, scenario=label)
+            await self.seed_deadlock(shape, sim)
         finally:
             sim.stop()
+
+    async def seed_deadlock(self, shape: str, sim: Proc) -> None:
+        """The seed with more clients than its thread pool has threads to spare: blocked
+        ``Semaphore.acquire`` calls hold every thread and the running sessions cannot take
+        their next step. Reported as its own row, with a shorter wall limit (nothing moves)."""
+        count = self.plan.deadlock_sessions
+        contender = Contender("seed", "seed")
+        if not count or (self.args.only and contender.name not in self.args.only):
+            return
+        label = f"seed x{count}"
+        self.log(f"\n== {label}: the seed with {count} clients on the headroom backend")
+        timeout = self.args.run_timeout
+        self.args.run_timeout = min(timeout, DEADLOCK_WALL)
+        try:
+            await self.run_one(shape, contender, [sim], count, scenario=label)
+        finally:
+            self.args.run_timeout = timeout
 
     async def without_metrics(self) -> None:
         """``auto`` on a backend without /metrics (llama.cpp, hosted APIs): latency only."""
@@ -261,6 +284,8 @@ def write_corpus(path: Path) -> None:
 
 async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
     plan = QUICK if args.quick else FULL
+    if args.headroom_sessions:
+        plan = replace(plan, headroom_sessions=args.headroom_sessions, deadlock_sessions=0)
     procs = Processes(workdir)
     write_corpus(workdir / "corpus.jsonl")
     bench = Bench(args, plan, procs)
@@ -290,10 +315,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="contender names, comma-separated")
     parser.add_argument("--no-two-backends", dest="two_backends", action="store_false")
     parser.add_argument("--no-headroom", dest="headroom", action="store_false")
+    parser.add_argument("--headroom-sessions", type=int, default=None,
+                        help="sessions in the headroom burst (default 32)")  # fmt: skip
     parser.add_argument("--run-timeout", type=float, default=180.0,
                         help="wall seconds one contender's burst may take")  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--no-tool-latency", dest="tool_latency", action="store_false",
+                        help="tools answer at once (as before tool latency)")  # fmt: skip
     args = parser.parse_args(argv)
     args.shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in args.shapes if s not in workload.SHAPES]
@@ -303,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.time_scale is None:
         args.time_scale = 200.0 if args.quick else 60.0
     serving_procs.CONTROL.seconds = max(0.02, 2.0 / args.time_scale)
+    # Every process started from here (the contenders' tools) reads these.
+    os.environ[workload.TIME_SCALE_ENV] = f"{args.time_scale:g}"
+    os.environ[workload.TOOL_LATENCY_ENV] = "1" if args.tool_latency else "0"
     return args
 
 
@@ -322,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "time_scale": args.time_scale,
         "quick": args.quick,
+        "tool_latency": args.tool_latency,
         "wall_seconds": wall,
     }
     (args.out / "serving.json").write_text(

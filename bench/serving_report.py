@@ -123,6 +123,13 @@ def targets(results: list[Any]) -> str:
                     f"- a backend without /metrics (medium), {r.contender}: {ratio:.2f}x the "
                     f"best fixed cap with metrics ({best.contender})"
                 )
+        if r.shape.startswith("seed x") and r.available:
+            stuck = "a deadlock: " if r.completed == 0 else ""
+            out.append(
+                f"- the seed with {r.sessions} clients on the headroom backend: {stuck}"
+                f"{r.completed} of {r.sessions} completed within {r.wall_seconds:.0f} s of wall"
+                " time"
+            )
         if r.shape == "kill" and r.available:
             out.append(
                 f"- the slow backend killed a third of the way in, {r.contender}: "

@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sim_driver import Driver
-from sim_engine import TTFT_BUCKETS
+from sim_engine import BLOCK_SIZE, TTFT_BUCKETS
 
 
 class VllmCollector:
@@ -45,6 +45,19 @@ class VllmCollector:
         if self.cache_metric in ("gpu", "both"):
             yield gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent.",
                         usage)  # fmt: skip
+        # vLLM's info gauge: the cache's configuration as labels, the value always 1.
+        info = {
+            "block_size": str(BLOCK_SIZE),
+            "num_gpu_blocks": str(engine.pool.num_blocks),
+            "num_cpu_blocks": "0",
+            "cache_dtype": "auto",
+            "enable_prefix_caching": "True",
+            "engine": "0",
+        }
+        config = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine "
+                                   "CacheConfig", labels=list(info))  # fmt: skip
+        config.add_metric(list(info.values()), 1.0)
+        yield config
         yield counter("vllm:num_preemptions", "Cumulative number of preemptions.",
                       totals.preemptions)  # fmt: skip
         yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.",

@@ -9,7 +9,12 @@ LangGraph peer) sends the simulator the same work:
   round the ``<answer>``;
 - the search call's query names the size of its result, ``[resp=N]``, and the benchmark's
   search tool (``padded_results``) returns text of exactly that many tokens, seeded by the
-  query, so the tool responses are the same size and text for every contender.
+  query, so the tool responses are the same size and text for every contender;
+- the tool takes as long as a real one would (``tool_seconds``, seeded by the query too):
+  a web search or a page fetch, seconds each, during which the session makes no model call.
+  Every contender's tool waits it out (``tool_wait``: simulated seconds over the time scale
+  in ``BENCH_TIME_SCALE``), the seed in its thread as its sync tools would, the others
+  asynchronously.
 
 Tokens are 4 characters (``CHARS_PER_TOKEN``): cheap, deterministic, and prefix-stable (the
 tokens of a text's prefix are a prefix of its tokens), which is what prefix caching needs.
@@ -18,6 +23,7 @@ tokens of a text's prefix are a prefix of its tokens), which is what prefix cach
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -253,3 +259,28 @@ def padded_results(query: str) -> tuple[str, list[tuple[str, str]]]:
     want = size * CHARS_PER_TOKEN
     text = (text + " " + words(rng, size))[:want] if len(text) < want else text[:want]
     return text, sources
+
+
+# How long a tool round takes, in simulated seconds (bench/README.md, "Tool latency"): Tongyi
+# DeepResearch's rounds are about half web searches (one search API call per query) and half
+# page visits (each page fetched through a reader service, one after another).
+SEARCH_SECONDS = (1.0, 3.0)
+VISIT_SECONDS = (3.0, 12.0)
+VISIT_SHARE = 0.5
+TIME_SCALE_ENV = "BENCH_TIME_SCALE"  # simulated seconds per wall second, set for every contender
+TOOL_LATENCY_ENV = "BENCH_TOOL_LATENCY"  # "0": tools answer at once (the earlier benchmark)
+
+
+def tool_seconds(query: str) -> float:
+    """Simulated seconds the tool call for ``query`` takes: the same for every contender."""
+    rng = random.Random(f"latency:{query}")
+    low, high = VISIT_SECONDS if rng.random() < VISIT_SHARE else SEARCH_SECONDS
+    return rng.uniform(low, high)
+
+
+def tool_wait(query: str) -> float:
+    """Wall seconds to wait for the tool call for ``query`` at this process's time scale."""
+    if os.environ.get(TOOL_LATENCY_ENV, "1") == "0":
+        return 0.0
+    scale = float(os.environ.get(TIME_SCALE_ENV, "0") or 0)
+    return tool_seconds(query) / scale if scale > 0 else 0.0

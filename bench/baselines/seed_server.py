@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -143,6 +144,7 @@ class StreamingReactAgent:
             arguments = json.loads(call.group(1)).get("arguments", {})
             query = (arguments.get("query") or [""])[0]
             yield event("tool_call_start", session_id, f"search: {query}")
+            time.sleep(workload.tool_wait(query))  # a sync tool, as the note's agent has
             result, _ = workload.padded_results(query)
             yield event("tool_result", session_id, result[:200])
             response = f"<tool_response>\n{result}\n</tool_response>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import workload
 
 
@@ -41,3 +42,18 @@ def test_each_round_asks_for_its_planned_results_and_the_last_answers() -> None:
         {"role": "user", "content": "<tool_response>\n...\n</tool_response>"}
     ] * 2
     assert workload.rounds_done(conversation) == 2
+
+
+def test_a_tool_call_takes_the_same_realistic_time_for_everyone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queries = [f"q{n} round 1: evidence [resp=2500]" for n in range(200)]
+    seconds = [workload.tool_seconds(q) for q in queries]
+    assert seconds == [workload.tool_seconds(q) for q in queries]  # seeded by the query
+    assert all(1.0 <= s <= 12.0 for s in seconds)
+    visits = sum(s > workload.SEARCH_SECONDS[1] for s in seconds)
+    assert 60 <= visits <= 140  # about half the rounds fetch pages
+    monkeypatch.setenv(workload.TIME_SCALE_ENV, "60")
+    assert workload.tool_wait(queries[0]) == seconds[0] / 60  # wall seconds at 60x
+    monkeypatch.setenv(workload.TOOL_LATENCY_ENV, "0")
+    assert workload.tool_wait(queries[0]) == 0.0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from deepresearch.config import Settings
+from deepresearch.config import GenerationSettings, Settings
+from deepresearch.llm.base import CallContext, Message
 from deepresearch.llm.pool import BackendPool
 from deepresearch.llm.signals import BackendSignals
 from deepresearch.runtime.admission import Admission
@@ -15,8 +17,8 @@ from tests.support import ScriptedModel
 class Loaded(ScriptedModel):
     """A backend whose /metrics say what the test sets."""
 
-    def __init__(self) -> None:
-        super().__init__([])
+    def __init__(self, replies: int = 0) -> None:
+        super().__init__(["r"] * replies)
         self.reading = BackendSignals(0, 0, 0.2, 0, None, None)
 
     async def signals(self) -> BackendSignals | None:
@@ -55,3 +57,52 @@ async def test_a_fixed_number_keeps_a_fixed_cap(tmp_path: Path) -> None:
     for _ in range(3):
         await capacity.step()
     assert admission.max_concurrent == 3 and pool.backends[0].limiter.limit == 3
+
+
+async def test_with_auto_long_sessions_are_seated_few_by_the_kv_cache(tmp_path: Path) -> None:
+    backend = Loaded(replies=4)
+    backend.reading = BackendSignals(0, 0, 0.5, 0, None, None, kv_capacity=120_000)
+    pool = BackendPool([backend])
+    admission = Admission(Capacity.initial_slots(settings(tmp_path)), max_queue=100)
+    capacity = Capacity(settings(tmp_path), admission, pool)
+    tickets = [admission.admit(f"s{n}") for n in range(6)]
+    assert sum(t.state == "holding" for t in tickets) == 4
+    gate = pool.backends[0].limiter
+    assert gate.seats  # auto seats sessions at the gate
+    prompt: list[Message] = [{"role": "user", "content": "x" * 280_000}]  # ~80k tokens
+    for n in range(4):
+        call = CallContext(f"s{n}", "round")
+        async for _ in pool.stream(prompt, GenerationSettings(), (), call=call):
+            pass
+    await capacity.step()  # four seated sessions of 80k tokens: room for two
+    assert capacity.limits() == [2] and admission.max_concurrent == 2
+    assert [gate.seated(f"s{n}") for n in range(4)] == [True, True, False, False]
+
+
+async def test_a_control_step_frees_the_seat_of_a_session_that_ended(tmp_path: Path) -> None:
+    backend = Loaded(replies=4)
+    backend.reading = BackendSignals(0, 0, 0.5, 0, None, None, kv_capacity=120_000)
+    pool = BackendPool([backend])
+    values = {"max_concurrent_min": 3, "max_concurrent_max": 3}
+    admission = Admission(3, max_queue=10)
+    capacity = Capacity(settings(tmp_path, **values), admission, pool)
+    tickets = [admission.admit(f"s{n}") for n in range(3)]
+    gate = pool.backends[0].limiter
+    gate.resize(2)
+    prompt: list[Message] = [{"role": "user", "content": "x" * 280_000}]  # ~80k tokens
+
+    async def call(session: str) -> None:
+        async for _ in pool.stream(
+            prompt, GenerationSettings(), (), call=CallContext(session, "round")
+        ):
+            pass
+
+    await call("s0")
+    await call("s1")  # both seated, both in their tools: the gate is full
+    waiting = asyncio.create_task(call("s2"))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    admission.release(tickets[0])  # s0 ended; nobody calls
+    await capacity.step()  # the cache holds two of these prompts: the limit stays 2
+    await asyncio.wait_for(waiting, 1)
+    assert capacity.limits() == [2] and not gate.seated("s0") and gate.seated("s2")

@@ -12,6 +12,7 @@ Served by ``langgraph dev --config bench/baselines/langgraph_peer/langgraph.json
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -86,6 +87,7 @@ async def search(state: State) -> dict[str, Any]:
         return {"messages": [*messages, {"role": "user", "content": "Continue."}]}
     query = (json.loads(call.group(1)).get("arguments", {}).get("query") or [""])[0]
     write({"type": "tool_call_start", "content": f"search: {query}"})
+    await asyncio.sleep(workload.tool_wait(query))  # the search API or page fetch
     result, _ = workload.padded_results(query)
     reply = f"<tool_response>\n{result}\n</tool_response>"
     return {"messages": [*messages, {"role": "user", "content": reply}]}

@@ -28,7 +28,14 @@ from typing import Any, Protocol
 
 from deepresearch.config import GenerationSettings
 from deepresearch.errors import BackendError
-from deepresearch.llm.base import BackendState, CallContext, ChatModel, Message, Piece
+from deepresearch.llm.base import (
+    CHARS_PER_TOKEN,
+    BackendState,
+    CallContext,
+    ChatModel,
+    Message,
+    Piece,
+)
 from deepresearch.llm.limits import CallLimiter, Reading
 from deepresearch.llm.signals import BackendSignals
 
@@ -98,20 +105,25 @@ class Backend:
         if gap is not None:
             self._gaps.append(gap)
 
-    def reading(self, demand: bool) -> Reading:
-        """Summarise the calls since the last reading, and start a new window."""
+    def reading(self, demand: bool, contexts: tuple[float, ...] = ()) -> Reading:
+        """Summarise the calls since the last reading, and start a new window;
+        ``contexts``: the prompt sizes of the sessions seated here."""
+        calling = self.limiter.seated_calling()
         ttft = statistics.median(self._ttfts) if self._ttfts else None
         gap = statistics.median(self._gaps) if self._gaps else None
         self._ttfts.clear()
         self._gaps.clear()
         wants_room = demand or self.limiter.waiting > 0
-        return Reading(self.limiter.in_flight, wants_room, self.signals, ttft, gap)
+        return Reading(
+            self.limiter.in_flight, wants_room, self.signals, ttft, gap, contexts, calling
+        )
 
 
 @dataclass
 class _Session:
     home: Backend  # holds its prompt's prefix in cache
     age: int  # the order of its first call
+    tokens: float = 0.0  # its latest round's prompt, estimated from its length
 
 
 class BackendPool:
@@ -129,6 +141,10 @@ class BackendPool:
         # What the pool remembers of each recent session: its home, and its age.
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._arrivals = itertools.count()
+        # How many sessions are running now (admission's busy slots), where the gates
+        # seat sessions: more seated or waiting than that means some seats outlived
+        # their sessions.
+        self.alive: Callable[[], int] | None = None
 
     def states(self) -> list[BackendState]:
         now = self._clock()
@@ -158,7 +174,8 @@ class BackendPool:
         seen = self._sessions.get(session_id) if session_id else None
         home = seen.home if seen else None
         roomy = [backend for backend in up if not backend.busy]
-        if home is not None and home in up and (not home.busy or not roomy):
+        seated = home is not None and home.limiter.seated(session_id)
+        if home is not None and home in up and (seated or not home.busy or not roomy):
             choice = home
         else:
             # Ties (idle backends) go to the one that is home to fewer sessions.
@@ -180,6 +197,35 @@ class BackendPool:
             home.sessions += 1
             seen.home = home
         self._sessions.move_to_end(session_id)
+
+    def contexts(self, backend: Backend) -> tuple[float, ...]:
+        """The latest prompt size (tokens, estimated) of each session seated on ``backend``."""
+        limiter = backend.limiter
+        return tuple(
+            seen.tokens
+            for session_id, seen in self._sessions.items()
+            if seen.tokens and limiter.seated(session_id)
+        )
+
+    def unseat_ended(self, session_id: str | None = None) -> None:
+        """Free the seats of sessions that have ended: while more sessions are seated or
+        waiting than are running, the least recently active idle seat goes. Run before
+        each call (``session_id`` is about to call) and on each control step."""
+        if self.alive is None:
+            return
+        known: set[str] = set()
+        for backend in self.backends:
+            known |= backend.limiter.holders()
+        if session_id is not None:
+            known.add(session_id)
+        excess = len(known) - self.alive()
+        for held_by, seen in self._sessions.items():  # least recently active first
+            if excess <= 0:
+                break
+            limiter = seen.home.limiter
+            if held_by != session_id and limiter.seated(held_by) and not limiter.calling(held_by):
+                limiter.unseat(held_by)
+                excess -= 1
 
     def _priority(self, session_id: str | None) -> float:
         """Order at a full gate: sessions by their first call (older first); a call on
@@ -203,7 +249,12 @@ class BackendPool:
         tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncGenerator[Piece, None]:
         backend = self.choose(call.session_id)
-        async with backend.limiter.held(self._priority(call.session_id)):
+        seen = self._sessions.get(call.session_id) if call.session_id else None
+        if seen is not None and call.purpose == "round":
+            seen.tokens = sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN
+        self.unseat_ended(call.session_id)
+        priority = self._priority(call.session_id)
+        async with backend.limiter.held(priority, call.session_id):
             sent = self._clock()
             first: float | None = None
             last, pieces = sent, 0

@@ -4,7 +4,10 @@ With ``DEEPRESEARCH_MAX_CONCURRENT=auto`` each backend has its own
 ``AdaptiveLimit``; every control interval this loop reads each backend (its
 metrics, our calls' latency, whether sessions are waiting), sets that
 backend's call limit, and resizes the session slots to the sum of the limits,
-within ``DEEPRESEARCH_MAX_CONCURRENT_MIN..MAX``. With a number, the slots are
+within ``DEEPRESEARCH_MAX_CONCURRENT_MIN..MAX``. With ``auto`` the gates also
+seat sessions (``CallLimiter``): a session keeps its place on its backend
+between calls until it ends, which the pool learns from admission's count of
+running sessions. With a number, the slots are
 that number and each backend may have as many calls in flight; the loop then
 only probes the backends that are down and reads the others' metrics for
 ``/health``. Without a model (offline evidence mode) ``auto`` is twice the
@@ -45,7 +48,9 @@ class Capacity:
             for backend in pool.backends:
                 controller = AdaptiveLimit(bounds)
                 self.controllers[backend] = controller
+                backend.limiter.seats = True
                 backend.limiter.resize(controller.limit)
+            pool.alive = lambda: admission.busy
         self._resize_slots()
 
     @staticmethod
@@ -76,12 +81,14 @@ class Capacity:
         if self._pool is None:
             return
         await self._pool.refresh()
+        self._pool.unseat_ended()  # sessions that ended while the others wait at a gate
         demand = self._admission.queued > 0
         for backend, controller in self.controllers.items():
             if backend.recovered:
                 backend.recovered = False
                 controller.restart()
-            backend.limiter.resize(controller.observe(backend.reading(demand)))
+            reading = backend.reading(demand, self._pool.contexts(backend))
+            backend.limiter.resize(controller.observe(reading))
         self._resize_slots()
 
     async def run(self) -> None:
