@@ -219,6 +219,7 @@ class ScriptedModel:
         self.tools: list[Sequence[dict[str, Any]] | None] = []
         self.contexts: list[CallContext] = []
         self.counted: list[CallContext] = []
+        self.ended: list[str] = []  # sessions it was told had ended
         self.up = True  # what a health probe finds
 
     def states(self) -> list[BackendState]:
@@ -229,6 +230,9 @@ class ScriptedModel:
 
     async def signals(self) -> BackendSignals | None:
         return None
+
+    def end_session(self, session_id: str) -> None:
+        self.ended.append(session_id)
 
     async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         self.counted.append(call)

@@ -64,6 +64,17 @@ async def run(a: ReactAgent, question: str = "How is diabetes managed?") -> list
     return [event async for event in a.run(question)]
 
 
+async def test_a_run_tells_the_model_its_session_ended_on_every_way_out() -> None:
+    answered = ScriptedModel([ANSWER])
+    await run(agent(answered))
+    assert answered.ended == ["sid-1"]
+    cancelled = ScriptedModel([SEARCH_CALL, ANSWER])
+    events = agent(cancelled, FakeSearch()).run("q")
+    assert (await anext(events)).type == "round_start"
+    await events.aclose()  # the client went away mid-round
+    assert cancelled.ended == ["sid-1"]
+
+
 async def test_tool_round_trip_then_cited_answer() -> None:
     model = ScriptedModel([SEARCH_CALL, ANSWER])
     search = FakeSearch()

@@ -132,28 +132,26 @@ async def call(pool: BackendPool, session: str) -> None:
         pass
 
 
-async def test_the_pool_frees_the_seats_of_sessions_that_ended() -> None:
+async def test_a_session_that_ends_gives_up_its_seat_at_once() -> None:
     pool = BackendPool([ScriptedModel(["r"] * 10)], limit=2)
     gate = pool.backends[0].limiter
     gate.seats = True
-    running = 2
-    pool.alive = lambda: running  # admission's busy slots
     await call(pool, "first")
     await call(pool, "second")
     assert gate.full and gate.in_flight == 0  # both seated, both in their tools
-    await call(pool, "first")  # "first" is more recent now
-    # "second" ended and "third" took its slot: still two running, so the least
-    # recently active seat was one that outlived its session.
-    await asyncio.wait_for(call(pool, "third"), 1)
-    assert gate.seated("first") and gate.seated("third") and not gate.seated("second")
     assert pool.contexts(pool.backends[0]) == (2_000.0, 2_000.0)  # characters / 3.5
+    third = asyncio.create_task(call(pool, "third"))
+    await asyncio.sleep(0)
+    assert not third.done()  # idle seats count: it waits
+    pool.end_session("second")
+    await asyncio.wait_for(third, 1)
+    assert gate.seated("first") and gate.seated("third") and not gate.seated("second")
 
 
 async def test_a_seated_session_stays_home_even_when_its_home_looks_full() -> None:
     pool = BackendPool([ScriptedModel(["a"] * 4), ScriptedModel(["b"] * 4)], limit=1)
     for backend in pool.backends:
         backend.limiter.seats = True
-    pool.alive = lambda: 2
     await call(pool, "s")
     home = pool.choose("s")
     assert home.limiter.full  # its own idle seat fills it

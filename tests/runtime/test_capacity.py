@@ -79,14 +79,15 @@ async def test_with_auto_long_sessions_are_seated_few_by_the_kv_cache(tmp_path: 
     assert [gate.seated(f"s{n}") for n in range(4)] == [True, True, False, False]
 
 
-async def test_a_control_step_frees_the_seat_of_a_session_that_ended(tmp_path: Path) -> None:
+async def test_an_ended_sessions_seat_goes_to_a_waiting_one(
+    tmp_path: Path,
+) -> None:
     backend = Loaded(replies=4)
     backend.reading = BackendSignals(0, 0, 0.5, 0, None, None, kv_capacity=120_000)
     pool = BackendPool([backend])
     values = {"max_concurrent_min": 3, "max_concurrent_max": 3}
     admission = Admission(3, max_queue=10)
     capacity = Capacity(settings(tmp_path, **values), admission, pool)
-    tickets = [admission.admit(f"s{n}") for n in range(3)]
     gate = pool.backends[0].limiter
     gate.resize(2)
     prompt: list[Message] = [{"role": "user", "content": "x" * 280_000}]  # ~80k tokens
@@ -102,7 +103,8 @@ async def test_a_control_step_frees_the_seat_of_a_session_that_ended(tmp_path: P
     waiting = asyncio.create_task(call("s2"))
     await asyncio.sleep(0)
     assert not waiting.done()
-    admission.release(tickets[0])  # s0 ended; nobody calls
     await capacity.step()  # the cache holds two of these prompts: the limit stays 2
+    assert not waiting.done()
+    pool.end_session("s0")  # its run ended
     await asyncio.wait_for(waiting, 1)
     assert capacity.limits() == [2] and not gate.seated("s0") and gate.seated("s2")

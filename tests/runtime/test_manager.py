@@ -25,6 +25,9 @@ class SilentModel:
     def states(self) -> list[BackendState]:
         return []
 
+    def end_session(self, session_id: str) -> None:
+        pass
+
     async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         return 1
 

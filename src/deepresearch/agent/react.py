@@ -151,6 +151,16 @@ class ReactAgent:
         ]
 
     async def run(self, question: str) -> AsyncGenerator[Event, None]:
+        try:
+            async with aclosing(self._rounds(question)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            # On every way out (an answer, a cancel, a hand-back): its seat at the
+            # backend goes to the next session at once.
+            self._model.end_session(self.session_id)
+
+    async def _rounds(self, question: str) -> AsyncGenerator[Event, None]:
         sid = self.session_id
         dialect = self._dialect
         first_round = 1

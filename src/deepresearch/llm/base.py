@@ -112,3 +112,8 @@ class ChatModel(Protocol):
     def states(self) -> list[BackendState]:
         """The state of each backend behind this model, for ``/health``."""
         ...
+
+    def end_session(self, session_id: str) -> None:
+        """``session_id`` makes no more calls here (it ended, or went to another
+        process): whatever is kept for it (its place at a backend's gate) goes."""
+        ...

@@ -117,6 +117,9 @@ class OpenAICompatibleModel:
                 raise self._failed(f"could not list models ({exc!r})") from exc
         return self._model
 
+    def end_session(self, session_id: str) -> None:
+        """Nothing is kept per session here."""
+
     async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         """The backend's own count via vLLM's ``POST /tokenize``; an estimate elsewhere."""
         if self._tokenizes is False:

@@ -141,10 +141,6 @@ class BackendPool:
         # What the pool remembers of each recent session: its home, and its age.
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._arrivals = itertools.count()
-        # How many sessions are running now (admission's busy slots), where the gates
-        # seat sessions: more seated or waiting than that means some seats outlived
-        # their sessions.
-        self.alive: Callable[[], int] | None = None
 
     def states(self) -> list[BackendState]:
         now = self._clock()
@@ -207,25 +203,12 @@ class BackendPool:
             if seen.tokens and limiter.seated(session_id)
         )
 
-    def unseat_ended(self, session_id: str | None = None) -> None:
-        """Free the seats of sessions that have ended: while more sessions are seated or
-        waiting than are running, the least recently active idle seat goes. Run before
-        each call (``session_id`` is about to call) and on each control step."""
-        if self.alive is None:
-            return
-        known: set[str] = set()
+    def end_session(self, session_id: str) -> None:
+        """The session's seat goes (others waiting at its backend's gate move up) and
+        the pool forgets its home."""
+        self._sessions.pop(session_id, None)
         for backend in self.backends:
-            known |= backend.limiter.holders()
-        if session_id is not None:
-            known.add(session_id)
-        excess = len(known) - self.alive()
-        for held_by, seen in self._sessions.items():  # least recently active first
-            if excess <= 0:
-                break
-            limiter = seen.home.limiter
-            if held_by != session_id and limiter.seated(held_by) and not limiter.calling(held_by):
-                limiter.unseat(held_by)
-                excess -= 1
+            backend.limiter.unseat(session_id)
 
     def _priority(self, session_id: str | None) -> float:
         """Order at a full gate: sessions by their first call (older first); a call on
@@ -252,7 +235,6 @@ class BackendPool:
         seen = self._sessions.get(call.session_id) if call.session_id else None
         if seen is not None and call.purpose == "round":
             seen.tokens = sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN
-        self.unseat_ended(call.session_id)
         priority = self._priority(call.session_id)
         async with backend.limiter.held(priority, call.session_id):
             sent = self._clock()

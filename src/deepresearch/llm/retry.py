@@ -64,6 +64,9 @@ class RetryingModel:
     def states(self) -> list[BackendState]:
         return self.inner.states()
 
+    def end_session(self, session_id: str) -> None:
+        self.inner.end_session(session_id)
+
     async def count_tokens(self, messages: Sequence[Message], *, call: CallContext) -> int:
         return await self.inner.count_tokens(messages, call=call)
 

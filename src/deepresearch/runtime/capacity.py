@@ -50,7 +50,6 @@ class Capacity:
                 self.controllers[backend] = controller
                 backend.limiter.seats = True
                 backend.limiter.resize(controller.limit)
-            pool.alive = lambda: admission.busy
         self._resize_slots()
 
     @staticmethod
@@ -81,7 +80,6 @@ class Capacity:
         if self._pool is None:
             return
         await self._pool.refresh()
-        self._pool.unseat_ended()  # sessions that ended while the others wait at a gate
         demand = self._admission.queued > 0
         for backend, controller in self.controllers.items():
             if backend.recovered:
