@@ -63,20 +63,59 @@ end
 """
 
 # ARGV: prefix, id, score, conversation id, turn, owner ('' = none), status,
-# answered ('1' or '0'), write id, then the hash's field/value pairs.
+# answered ('1' or '0'), write id, then admission's limits: follow-up ('1': refuse
+# while another turn of the conversation is unfinished), slots (the cluster's, '-1'
+# = no admission checks), max queue, max queued per key (0 = none), then the hash's
+# field/value pairs.
 # Every call carries a fresh write id, kept in the record: a client that retries a
 # call whose reply was lost (Redis restarted) finds its own id and does nothing twice.
-CREATE = """
+# Errors: BUSY (a turn of the conversation is unfinished), QUEUEFULL <waiting>,
+# QUOTA <waiting for this owner> (nothing is written then).
+# Counts come from the status and owner indexes, which every status change keeps in
+# the same script as the change: they cannot drift whichever way a session ends.
+CREATE = (
+    FINISHED_ONLY
+    + """
 local p, id, score, cid, turn, owner, status, answered, write_id =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local follow_up, slots = ARGV[10], tonumber(ARGV[11])
+local max_queue, max_queued_per_key = tonumber(ARGV[12]), tonumber(ARGV[13])
 local hash = p .. ':session:' .. id
 if redis.call('EXISTS', hash) == 1 then
   -- Our own create again (a retry after a lost reply) succeeds; anyone else's conflicts.
   if redis.call('HGET', hash, 'write_id') == write_id then return 1 end
   return 0
 end
+if follow_up == '1' then
+  for _, sid in ipairs(redis.call('ZRANGE', p .. ':turns:' .. cid, 0, -1)) do
+    if unfinished(redis.call('HGET', p .. ':session:' .. sid, 'status')) then
+      return redis.error_reply('BUSY ' .. sid)
+    end
+  end
+end
+if slots >= 0 then
+  -- As in one process: a session that finds a free slot is not counted as waiting.
+  -- Every session is 'queued' until a worker starts it, so the waiting ones are the
+  -- queued beyond the slots nobody runs.
+  local queued_key = p .. ':sessions:status:queued'
+  local queued = redis.call('ZCARD', queued_key)
+  local running = redis.call('ZCARD', p .. ':sessions:status:processing')
+  local free = math.max(0, slots - running)
+  if queued >= free then
+    local waiting = queued - free
+    if waiting >= max_queue then
+      return redis.error_reply('QUEUEFULL ' .. waiting)
+    end
+    if max_queued_per_key > 0 and owner ~= '' then
+      local mine = redis.call('ZINTERCARD', 2, queued_key, p .. ':sessions:owner:' .. owner)
+      if mine >= max_queued_per_key then
+        return redis.error_reply('QUOTA ' .. mine)
+      end
+    end
+  end
+end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', hash, 'write_id', write_id, unpack(fields))
 redis.call('ZADD', p .. ':sessions', score, id)
 redis.call('ZADD', p .. ':sessions:status:' .. status, score, id)
@@ -101,6 +140,7 @@ if redis.call('ZREM', p .. ':expiring', cid) == 1 then
 end
 return 1
 """
+)
 
 # ARGV: prefix, id, lease token ('' = unfenced), retention ms ('0' = none), write id
 # (as in CREATE), number of events n, then n triples (seq, type, data), then change
