@@ -218,7 +218,10 @@ class SessionQueue(RedisQueue):
         session is ended too: nobody will run it again. A user's abort is not giving
         up: the node that asked for it writes the ending."""
         await super().finish(job, status, result=result, error=error, **kwargs)
-        given_up = status == Status.FAILED or (status == Status.ABORTED and error == SWEPT)
+        # (A swept job with attempts left is re-queued by the sweep; a worker may still
+        # report that attempt aborted as "swept" if it saw the sweep's abort.)
+        swept_for_good = status == Status.ABORTED and error == SWEPT and not job.retryable
+        given_up = status == Status.FAILED or swept_for_good
         if given_up and job.function == QUEUE_FUNCTION and self.on_given_up is not None:
             try:
                 await self.on_given_up(job)

@@ -107,7 +107,11 @@ if slots >= 0 then
       return redis.error_reply('QUEUEFULL ' .. waiting)
     end
     if max_queued_per_key > 0 and owner ~= '' then
+      -- This owner's waiting ones: its queued beyond the free slots (exact when the
+      -- free slots are its own to take; else lenient by at most the free slots,
+      -- which workers are about to fill).
       local mine = redis.call('ZINTERCARD', 2, queued_key, p .. ':sessions:owner:' .. owner)
+      mine = math.max(0, mine - free)
       if mine >= max_queued_per_key then
         return redis.error_reply('QUOTA ' .. mine)
       end
