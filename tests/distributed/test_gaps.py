@@ -179,7 +179,7 @@ async def test_a_session_whose_runs_keep_dying_ends_with_one_error(
             stream = await reader.result()
             one_terminal_last(stream)
             assert stream.types[-1] == "error"
-            assert "gave up after 2 attempts" in stream.events[-1].data["content"]
+            assert "gave up after 2 attempts to run it" in stream.events[-1].data["content"]
             assert stream.types.count("resumed") == 1
 
             record = (await client.get(f"/sessions/{sid}")).json()

@@ -309,7 +309,8 @@ class Cluster:
                 if job.error == SWEPT
                 else "its last run failed"
             )
-            content = f"gave up after {job.attempts} attempts to run it ({why})"
+            attempts = f"{job.attempts} attempt" + ("" if job.attempts == 1 else "s")
+            content = f"gave up after {attempts} to run it ({why})"
             terminal = Error(session_id=sid, content=content)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timings.lease_ttl + NODE_LEASE
