@@ -83,6 +83,7 @@ from deepresearch.runtime.deltas import ACCUMULATED, WireView, since_of
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.runtime.retention import Retention
+from deepresearch.sessions import redis_scripts as scripts
 from deepresearch.sessions.leases import Leases
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
@@ -126,6 +127,8 @@ ATTACH_WINDOW = 10.0
 CANCEL_TTL = 86_400
 READ_PAGE = 1000
 STORE_RETRY_AFTER = 10
+# A worker with a free slot and nothing it may take looks again this often.
+TAKE_POLL = 0.2
 # Admission reads the cluster's slots (the workers' beats) at most this often.
 SLOTS_FRESH = 1.0
 # An idle follower still wakes this often to see whether it should go on.
@@ -184,25 +187,63 @@ class Timings:
 
 
 class SessionQueue(RedisQueue):
-    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for each abort."""
+    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for each abort,
+    and its dequeue fair across keys (``TAKE``, see ``sessions/redis_scripts.py``)."""
 
-    def __init__(self, redis: Redis, *, name: str, abort_wait: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        name: str,
+        abort_wait: float,
+        store_prefix: str = "deepresearch",
+        running_per_key: int = 0,
+    ) -> None:
         super().__init__(redis, name=name, swept_error_message=SWEPT)
         self._abort_wait = abort_wait
+        self._store_prefix = store_prefix
+        self._running_per_key = running_per_key
+        self._take = redis.register_script(scripts.TAKE)
+        self._plan = redis.register_script(scripts.PLAN)
         # Told when saq gives a job up for good (see ``finish``).
         self.on_given_up: Callable[[Job], Awaitable[None]] | None = None
         # A worker with an adaptive limit passes this gate (room for one more) to
         # dequeue; it is told the key of the job it took (counted until it starts).
         self.gate: Callable[[], AbstractAsyncContextManager[Callable[[str], None]]] | None = None
 
+    def _fair_args(self) -> list[str | int]:
+        return [
+            self._store_prefix,
+            self.job_id(""),
+            self._queued,
+            self._active,
+            self._running_per_key,
+        ]
+
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         if self.gate is None:
-            return await super().dequeue(timeout, poll_interval)
+            return await self._take_fairly(timeout)
         async with self.gate() as took:
-            job = await super().dequeue(timeout, poll_interval)
+            job = await self._take_fairly(timeout)
             if job is not None:
                 took(job.key)
             return job
+
+    async def _take_fairly(self, timeout: float) -> Job | None:
+        """The next job in fair order (``TAKE`` moves it to saq's active list, as saq's
+        own dequeue does), looking again every ``TAKE_POLL`` s for ``timeout`` s (0:
+        until one comes). saq's dequeue blocks on its list instead; a fair choice needs
+        the whole line, so this polls (only a worker with a free slot dequeues)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else math.inf
+        while True:
+            job_id = await self._take(args=self._fair_args(), client=self.redis)
+            if job_id is not None:
+                return await self._get_job_by_id(job_id)
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(TAKE_POLL, left))
 
     async def finish(
         self,
@@ -229,8 +270,9 @@ class SessionQueue(RedisQueue):
                 log.error("[session %s] could not end the given-up session: %s", job.key, exc)
 
     async def positions(self) -> dict[str, int]:
-        """Queued sessions by their place in the line (1 = next)."""
-        ids = await cast("Awaitable[list[bytes]]", self.redis.lrange(self._queued, 0, -1))
+        """Queued sessions by their place in the fair order (1 = next), as things
+        stand: the order ``TAKE`` would start them in if nobody else arrived."""
+        ids = await self._plan(args=self._fair_args(), client=self.redis)
         return {self.job_key_from_id(raw.decode()): n for n, raw in enumerate(ids, 1)}
 
 
@@ -256,6 +298,8 @@ class Cluster:
             ),
             name=settings.redis_prefix,
             abort_wait=self.timings.abort_wait,
+            store_prefix=settings.redis_prefix,
+            running_per_key=settings.max_running_per_key if keyed(settings) else 0,
         )
         self.queue.on_given_up = self.given_up
 
@@ -461,6 +505,11 @@ class _Placement:
     history: tuple[Exchange, ...] = ()
 
 
+def keyed(settings: Settings) -> bool:
+    """Sessions have owners (client keys are on): per-key quotas apply."""
+    return bool(settings.api_keys or settings.keys_file)
+
+
 def _busy(conversation_id: str | None) -> str:
     return (
         f"conversation {conversation_id}: the previous question is still being "
@@ -482,7 +531,7 @@ class DistributedSessions:
         self._cluster = cluster
         self._metrics = ClusterMetrics(metrics.registry) if metrics is not None else None
         # Per-key quotas apply when sessions have owners (client keys are on).
-        self._keyed = bool(settings.api_keys or settings.keys_file)
+        self._keyed = keyed(settings)
         self._capacity: tuple[float, int] | None = None  # (read at, the cluster's slots)
         self._template = settings.agent_template()
         self._hub: TailHub | None = None

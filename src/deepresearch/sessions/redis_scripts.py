@@ -329,3 +329,115 @@ class RedisKeys:
 
     def conversations(self, owner: str | None = None) -> str:
         return f"{self.prefix}:conversations" + (f":owner:{owner}" if owner is not None else "")
+
+
+# Fair queueing across keys (distributed mode), over saq's own lists: its queued list
+# (job ids, first come first) and its active list (jobs taken and not finished). A
+# job's key is its session id, so a job's owner is its record's ``owner`` ('' with
+# keys off: then everything is one line and the order is saq's FIFO). The next job
+# goes to the owner with the fewest jobs active, then the one served longest ago
+# (``p:served``: owner -> a counter from ``p:served:clock``), then the earliest
+# arrival; FIFO within an owner; an owner at its running quota (``cap`` > 0) waits.
+FAIR = """
+local function owner_of(p, job_prefix, jid)
+  local sid = string.sub(jid, #job_prefix + 1)
+  return redis.call('HGET', p .. ':session:' .. sid, 'owner') or ''
+end
+local function fair_state(p, job_prefix, queued, active)
+  local running = {}
+  for _, jid in ipairs(redis.call('LRANGE', active, 0, -1)) do
+    local owner = owner_of(p, job_prefix, jid)
+    running[owner] = (running[owner] or 0) + 1
+  end
+  local ids = redis.call('LRANGE', queued, 0, -1)
+  local lines, owners = {}, {}
+  for _, jid in ipairs(ids) do
+    local owner = owner_of(p, job_prefix, jid)
+    if not lines[owner] then
+      lines[owner] = {}
+      owners[#owners + 1] = owner
+    end
+    table.insert(lines[owner], jid)
+  end
+  return ids, running, lines, owners
+end
+local function served_at(p, owner)
+  return tonumber(redis.call('HGET', p .. ':served', owner) or '0')
+end
+local function capped(cap, owner, count)
+  return cap > 0 and owner ~= '' and count >= cap
+end
+local function before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[3] < b[3]
+end
+"""
+
+# Takes the next job fairly: moves it from saq's queued list to its active list (what
+# saq's own dequeue does, first come first) and returns its id, or nil when nothing
+# may start. ARGV: store prefix, saq's job id prefix, queued key, active key, cap.
+TAKE = (
+    FAIR
+    + """
+local p, job_prefix, queued, active, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, running, lines, owners = fair_state(p, job_prefix, queued, active)
+local best, best_rank
+for arrival, owner in ipairs(owners) do
+  local count = running[owner] or 0
+  if not capped(cap, owner, count) then
+    local rank = {count, served_at(p, owner), arrival}
+    if best == nil or before(rank, best_rank) then best, best_rank = owner, rank end
+  end
+end
+if best == nil then return false end
+local jid = lines[best][1]
+redis.call('LREM', queued, 1, jid)
+redis.call('RPUSH', active, jid)
+redis.call('HSET', p .. ':served', best, redis.call('INCR', p .. ':served:clock'))
+return jid
+"""
+)
+
+# The order the queued jobs would start in, if nobody else arrived (queue positions):
+# TAKE repeated, counting each planned start; jobs held back by their owner's running
+# quota come last, by arrival. Read-only. ARGV as TAKE's.
+PLAN = (
+    FAIR
+    + """
+local p, job_prefix, queued, active, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, running, lines, owners = fair_state(p, job_prefix, queued, active)
+local arrival_of = {}
+for n, jid in ipairs(ids) do arrival_of[jid] = n end
+local served, taken = {}, {}
+for _, owner in ipairs(owners) do
+  served[owner] = served_at(p, owner)
+  taken[owner] = 0
+end
+local clock = tonumber(redis.call('GET', p .. ':served:clock') or '0')
+local order, placed = {}, {}
+while true do
+  local best, best_rank
+  for _, owner in ipairs(owners) do
+    local head = lines[owner][taken[owner] + 1]
+    local count = running[owner] or 0
+    if head and not capped(cap, owner, count) then
+      local rank = {count, served[owner], arrival_of[head]}
+      if best == nil or before(rank, best_rank) then best, best_rank = owner, rank end
+    end
+  end
+  if best == nil then break end
+  taken[best] = taken[best] + 1
+  local jid = lines[best][taken[best]]
+  order[#order + 1] = jid
+  placed[jid] = true
+  running[best] = (running[best] or 0) + 1
+  clock = clock + 1
+  served[best] = clock
+end
+for _, jid in ipairs(ids) do
+  if not placed[jid] then order[#order + 1] = jid end
+end
+return order
+"""
+)
