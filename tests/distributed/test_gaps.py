@@ -189,3 +189,48 @@ async def test_a_session_whose_runs_keep_dying_ends_with_one_error(
                 assert listing["total"] == 0
     finally:
         cluster.stop()
+
+
+async def test_a_free_slot_goes_to_the_key_with_fewest_running(
+    durable_redis: RedisServer, llm: Process, corpus: Path, tmp_path: Path
+) -> None:
+    """One worker with one slot, keys on. Alice's first runs; her second waits, then
+    Bob's arrives: Bob is told position 1 and Alice's second moves to 2, and Bob's
+    starts first when the slot frees."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(KEYS)
+    cluster = Cluster(durable_redis, tmp_path / "cluster", llm.url, corpus, "fair")
+    cluster.env.update(DEEPRESEARCH_KEYS_FILE=str(keys), DEEPRESEARCH_MAX_CONCURRENT="1")
+    try:
+        node = cluster.start_node()
+        cluster.start_worker()
+        cluster.wait_for_workers(1)
+        async with httpx.AsyncClient(base_url=node.url, timeout=60) as client:
+            alice, bob = bearer("alice-key-for-tests"), bearer("bob-key-for-tests")
+            long, short = "[sim:rounds=4] [sim:slow=100]", "[sim:rounds=1]"
+            first = Reader(
+                client, "POST", "/chat/stream", json={"question": f"tok-a1 {long}"}, headers=alice
+            )
+            await first.until(lambda e: e.type == "init")
+            second = Reader(
+                client, "POST", "/chat/stream", json={"question": f"tok-a2 {short}"}, headers=alice
+            )
+            await second.until(lambda e: e.type == "queued" and e.data["position"] == 1)
+            third = Reader(
+                client, "POST", "/chat/stream", json={"question": f"tok-b1 {short}"}, headers=bob
+            )
+            await third.until(lambda e: e.type == "queued")
+            await second.until(lambda e: e.type == "queued" and e.data["position"] == 2)
+            streams = [await reader.result() for reader in (first, second, third)]
+            for stream in streams:
+                one_terminal_last(stream)
+                assert stream.types[-1] == "completed"
+            bobs = [e.data["position"] for e in streams[2].events if e.type == "queued"]
+            assert bobs == [1]
+            records = [
+                (await client.get(f"/sessions/{s.events[0].data['session_id']}", headers=h)).json()
+                for s, h in zip(streams, (alice, alice, bob), strict=True)
+            ]
+            assert records[2]["started_at"] < records[1]["started_at"]
+    finally:
+        cluster.stop()

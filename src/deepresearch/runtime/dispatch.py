@@ -19,7 +19,9 @@ writers must never pick the same number):
   that finds the lease briefly held waits for it; a node that finds it held leaves
   the writing to the holder.
 
-Queue positions are saq's queued list (``LRANGE``), read once a second by the node
+Queue positions are the fair order over saq's queued list (``PLAN``: workers take
+jobs by ``TAKE``, the same rule: the key with the fewest running first, FIFO within
+a key), read once a second by the node
 that admitted the session, and written as ``queued`` events under the lease while
 the session's record still says ``queued``; once a worker has the lease, no
 position can follow its ``init``.
