@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="deepresearch", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # A session whose worker died is taken over by another within this many seconds.
     recovery_seconds: float = Field(default=30.0, ge=4, le=3600)
+    # A session whose runs keep dying (worker deaths, failed runs) is given up after
+    # this many attempts: it ends with one `error` saying so.
+    job_attempts: int = Field(default=10, ge=1, le=1000)
     # SIGTERM on a worker: running sessions get this long to finish, then are handed
     # back (their checkpoints kept) to be resumed elsewhere.
     shutdown_grace: float = Field(default=30.0, ge=0, le=86_400)

@@ -307,7 +307,7 @@ async def open_services(
         if cluster is not None:
             from deepresearch.runtime.dispatch import DistributedSessions
 
-            manager = DistributedSessions(settings, cluster)
+            manager = DistributedSessions(settings, cluster, metrics)
         else:
             checkpoints = SqliteCheckpointStore(store_path)
             await checkpoints.open()

@@ -19,7 +19,9 @@ writers must never pick the same number):
   that finds the lease briefly held waits for it; a node that finds it held leaves
   the writing to the holder.
 
-Queue positions are saq's queued list (``LRANGE``), read once a second by the node
+Queue positions are the fair order over saq's queued list (``PLAN``: workers take
+jobs by ``TAKE``, the same rule: the key with the fewest running first, FIFO within
+a key), read once a second by the node
 that admitted the session, and written as ``queued`` events under the lease while
 the session's record still says ``queued``; once a worker has the lease, no
 position can follow its ``init``.
@@ -55,6 +57,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Counter as PromCounter
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -76,9 +80,12 @@ from deepresearch.events import (
     Timeout,
 )
 from deepresearch.events import utc_now as now_utc
+from deepresearch.runtime.admission import QuotaExceeded
 from deepresearch.runtime.deltas import ACCUMULATED, WireView, since_of
 from deepresearch.runtime.manager import SessionRequest
+from deepresearch.runtime.metrics import Metrics
 from deepresearch.runtime.retention import Retention
+from deepresearch.sessions import redis_scripts as scripts
 from deepresearch.sessions.leases import Leases
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
@@ -89,14 +96,21 @@ from deepresearch.sessions.records import (
     SessionStatus,
     StoredEvent,
 )
-from deepresearch.sessions.redis import RECONNECT_RETRIES, RedisSessionStore
+from deepresearch.sessions.redis import (
+    RECONNECT_RETRIES,
+    Admit,
+    ConversationBusy,
+    QueueFull,
+    QuotaFull,
+    RedisSessionStore,
+)
 from deepresearch.sessions.redis_tails import TailHub
 
 log = logging.getLogger("deepresearch.dispatch")
 
 QUEUE_FUNCTION = "run_session"
-# saq gives a job up after this many attempts (each worker death or hand-back is one).
-JOB_RETRIES = 10
+# The error a swept job carries (its worker stopped beating).
+SWEPT = "swept"
 # saq keeps a finished job's record this long (seconds).
 JOB_TTL = 3600
 # The sweep waits this long for a swept job's abort to be acknowledged (see Timings).
@@ -115,6 +129,10 @@ ATTACH_WINDOW = 10.0
 CANCEL_TTL = 86_400
 READ_PAGE = 1000
 STORE_RETRY_AFTER = 10
+# A worker with a free slot and nothing it may take looks again this often.
+TAKE_POLL = 0.2
+# Admission reads the cluster's slots (the workers' beats) at most this often.
+SLOTS_FRESH = 1.0
 # An idle follower still wakes this often to see whether it should go on.
 FOLLOW_POLL = 5.0
 
@@ -171,27 +189,92 @@ class Timings:
 
 
 class SessionQueue(RedisQueue):
-    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for each abort."""
+    """saq's Redis queue, its sweep waiting ``abort_wait`` (not 5 s) for each abort,
+    and its dequeue fair across keys (``TAKE``, see ``sessions/redis_scripts.py``)."""
 
-    def __init__(self, redis: Redis, *, name: str, abort_wait: float) -> None:
-        super().__init__(redis, name=name, swept_error_message="swept")
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        name: str,
+        abort_wait: float,
+        store_prefix: str = "deepresearch",
+        running_per_key: int = 0,
+    ) -> None:
+        super().__init__(redis, name=name, swept_error_message=SWEPT)
         self._abort_wait = abort_wait
+        self._store_prefix = store_prefix
+        self._running_per_key = running_per_key
+        self._take = redis.register_script(scripts.TAKE)
+        self._plan = redis.register_script(scripts.PLAN)
+        # Told when saq gives a job up for good (see ``finish``).
+        self.on_given_up: Callable[[Job], Awaitable[None]] | None = None
         # A worker with an adaptive limit passes this gate (room for one more) to
         # dequeue; it is told the key of the job it took (counted until it starts).
         self.gate: Callable[[], AbstractAsyncContextManager[Callable[[str], None]]] | None = None
 
+    def _fair_args(self) -> list[str | int]:
+        return [
+            self._store_prefix,
+            self.job_id(""),
+            self._queued,
+            self._active,
+            self._running_per_key,
+        ]
+
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         if self.gate is None:
-            return await super().dequeue(timeout, poll_interval)
+            return await self._take_fairly(timeout)
         async with self.gate() as took:
-            job = await super().dequeue(timeout, poll_interval)
+            job = await self._take_fairly(timeout)
             if job is not None:
                 took(job.key)
             return job
 
+    async def _take_fairly(self, timeout: float) -> Job | None:
+        """The next job in fair order (``TAKE`` moves it to saq's active list, as saq's
+        own dequeue does), looking again every ``TAKE_POLL`` s for ``timeout`` s (0:
+        until one comes). saq's dequeue blocks on its list instead; a fair choice needs
+        the whole line, so this polls (only a worker with a free slot dequeues)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else math.inf
+        while True:
+            job_id = await self._take(args=self._fair_args(), client=self.redis)
+            if job_id is not None:
+                return await self._get_job_by_id(job_id)
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(TAKE_POLL, left))
+
+    async def finish(
+        self,
+        job: Job,
+        status: Status,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """saq's finish, and when that gives a session's job up (its last attempt
+        failed, or its worker died with no attempt left: swept, not retryable), the
+        session is ended too: nobody will run it again. A user's abort is not giving
+        up: the node that asked for it writes the ending."""
+        await super().finish(job, status, result=result, error=error, **kwargs)
+        # (A swept job with attempts left is re-queued by the sweep; a worker may still
+        # report that attempt aborted as "swept" if it saw the sweep's abort.)
+        swept_for_good = status == Status.ABORTED and error == SWEPT and not job.retryable
+        given_up = status == Status.FAILED or swept_for_good
+        if given_up and job.function == QUEUE_FUNCTION and self.on_given_up is not None:
+            try:
+                await self.on_given_up(job)
+            except Exception as exc:  # the sweep (or the worker) must go on
+                log.error("[session %s] could not end the given-up session: %s", job.key, exc)
+
     async def positions(self) -> dict[str, int]:
-        """Queued sessions by their place in the line (1 = next)."""
-        ids = await cast("Awaitable[list[bytes]]", self.redis.lrange(self._queued, 0, -1))
+        """Queued sessions by their place in the fair order (1 = next), as things
+        stand: the order ``TAKE`` would start them in if nobody else arrived."""
+        ids = await self._plan(args=self._fair_args(), client=self.redis)
         return {self.job_key_from_id(raw.decode()): n for n, raw in enumerate(ids, 1)}
 
 
@@ -217,7 +300,10 @@ class Cluster:
             ),
             name=settings.redis_prefix,
             abort_wait=self.timings.abort_wait,
+            store_prefix=settings.redis_prefix,
+            running_per_key=settings.max_running_per_key if keyed(settings) else 0,
         )
+        self.queue.on_given_up = self.given_up
 
     async def open(self) -> None:
         try:
@@ -253,6 +339,34 @@ class Cluster:
     async def watched(self, session_id: str) -> bool:
         return bool(await self.store.client.exists(self.watch_key(session_id)))
 
+    async def given_up(self, job: Job) -> None:
+        """saq gave the session's job up: end the session with one terminal event
+        saying why (or ``cancelled`` when a cancel was asked), so that none stays
+        ``processing`` or ``queued`` with no job behind it. Under a moment's lease: a
+        dead worker's has lapsed by the time its job is swept, and a worker whose run
+        failed released its own."""
+        sid = job.key
+        reason = await self.cancel_reason(sid)
+        if reason is not None:
+            terminal: Event = Cancelled(session_id=sid, content=reason)
+        else:
+            why = (
+                "its worker stopped responding each time"
+                if job.error == SWEPT
+                else "its last run failed"
+            )
+            attempts = f"{job.attempts} attempt" + ("" if job.attempts == 1 else "s")
+            content = f"gave up after {attempts} to run it ({why})"
+            terminal = Error(session_id=sid, content=content)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timings.lease_ttl + NODE_LEASE
+        while not await self.end_unleased(sid, terminal):
+            if loop.time() > deadline:  # someone live holds it: it is theirs to end
+                log.warning("[session %s] given up, but its lease is held", sid[:8])
+                return
+            await asyncio.sleep(min(0.5, self.timings.lease_ttl / 10))
+        log.error("[session %s] given up after %d attempts", sid[:8], job.attempts)
+
     async def end_unleased(self, session_id: str, terminal: Event) -> bool:
         """Write ``terminal`` for a session nobody runs, under a moment's lease.
 
@@ -281,6 +395,16 @@ class Cluster:
         await self.store.append(session_id, [stored], changes, lease=token)
         with contextlib.suppress(Exception):
             await self.checkpoints.delete(session_id)
+
+    async def counts(self) -> ClusterCounts:
+        capacity = await self.workers.capacity()
+        queued = await self.queue.count("queued")
+        running = await cast(
+            "Awaitable[int]", self.store.client.zcard(self.store.keys.sessions(status="processing"))
+        )
+        return ClusterCounts(
+            queued=queued, running=running, slots=capacity.slots, workers=capacity.workers
+        )
 
     async def health(self, *, details: bool) -> dict[str, Any]:
         """``/health``'s counts for the whole cluster (and, for admins, each worker)."""
@@ -316,6 +440,55 @@ class Cluster:
         return answer
 
 
+@dataclass(frozen=True)
+class ClusterCounts:
+    """The cluster's figures as Redis has them now."""
+
+    queued: int  # sessions in saq's queue (waiting for a worker)
+    running: int  # sessions whose record says ``processing``
+    slots: int  # the sum of the live workers' slots
+    workers: int
+
+
+class ClusterMetrics:
+    """An API node's own ``/metrics`` in distributed mode, beside the node's others:
+    the sessions it admitted (a counter) and the cluster's figures (gauges set from
+    Redis when scraped)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.admitted = PromCounter(
+            "deepresearch_sessions_admitted",
+            "Sessions this API node admitted (created and enqueued).",
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "deepresearch_cluster_queue_length",
+            "Sessions waiting in the cluster's queue for a worker (read from Redis).",
+            registry=registry,
+        )
+        self.running = Gauge(
+            "deepresearch_cluster_sessions_running",
+            "Sessions the cluster's workers are running (read from Redis).",
+            registry=registry,
+        )
+        self.slots = Gauge(
+            "deepresearch_cluster_slots",
+            "The sum of the live workers' slots (read from Redis).",
+            registry=registry,
+        )
+        self.workers = Gauge(
+            "deepresearch_cluster_workers",
+            "Workers whose heartbeat is live (read from Redis).",
+            registry=registry,
+        )
+
+    def observe(self, counts: ClusterCounts) -> None:
+        self.queued.set(counts.queued)
+        self.running.set(counts.running)
+        self.slots.set(counts.slots)
+        self.workers.set(counts.workers)
+
+
 @dataclass
 class _Waiting:
     """A session this node admitted, while it waits in saq's queue."""
@@ -334,6 +507,18 @@ class _Placement:
     history: tuple[Exchange, ...] = ()
 
 
+def keyed(settings: Settings) -> bool:
+    """Sessions have owners (client keys are on): per-key quotas apply."""
+    return bool(settings.api_keys or settings.keys_file)
+
+
+def _busy(conversation_id: str | None) -> str:
+    return (
+        f"conversation {conversation_id}: the previous question is still being "
+        "researched; wait for it to end (or cancel it) before asking a follow-up"
+    )
+
+
 def node_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -341,9 +526,15 @@ def node_name() -> str:
 class DistributedSessions:
     """The routes' session manager on an API node in distributed mode."""
 
-    def __init__(self, settings: Settings, cluster: Cluster) -> None:
+    def __init__(
+        self, settings: Settings, cluster: Cluster, metrics: Metrics | None = None
+    ) -> None:
         self._settings = settings
         self._cluster = cluster
+        self._metrics = ClusterMetrics(metrics.registry) if metrics is not None else None
+        # Per-key quotas apply when sessions have owners (client keys are on).
+        self._keyed = keyed(settings)
+        self._capacity: tuple[float, int] | None = None  # (read at, the cluster's slots)
         self._template = settings.agent_template()
         self._hub: TailHub | None = None
         self._waiting: dict[str, _Waiting] = {}
@@ -400,15 +591,11 @@ class DistributedSessions:
         place = await self._place(request)
         queue = self._cluster.queue
         try:
-            queued = await queue.count("queued")
+            slots = await self._slots()
         except Exception as exc:
             raise Overloaded(
                 "the session queue is unreachable just now", retry_after=STORE_RETRY_AFTER
             ) from exc
-        if queued >= self._settings.max_queue:
-            raise Overloaded(
-                f"the queue is full ({queued} sessions waiting)", retry_after=STORE_RETRY_AFTER
-            )
         record = SessionRecord(
             id=place.session_id,
             question=request.question,
@@ -422,8 +609,27 @@ class DistributedSessions:
         )
         sid = record.id
         start = SessionStart(session_id=sid, question=request.question, content=sid)
+        settings = self._settings
+        admit = Admit(
+            follow_up=place.conversation_id is not None,
+            slots=slots,
+            max_queue=settings.max_queue,
+            max_queued_per_key=settings.max_queued_per_key if self._keyed else 0,
+        )
         try:
-            await self.store.create(record)
+            await self.store.create(record, admit=admit)
+        except ConversationBusy as exc:
+            raise SessionConflict(_busy(place.conversation_id)) from exc
+        except QueueFull as exc:
+            raise Overloaded(
+                f"all {slots} slots are busy and the queue is full ({exc.waiting} waiting)",
+                retry_after=STORE_RETRY_AFTER,
+            ) from exc
+        except QuotaFull as exc:
+            raise QuotaExceeded(
+                f"this key already has {settings.max_queued_per_key} sessions waiting",
+                retry_after=STORE_RETRY_AFTER,
+            ) from exc
         except SessionConflict:
             raise
         except Exception as exc:
@@ -443,7 +649,7 @@ class DistributedSessions:
                 history=[[exchange.question, exchange.answer] for exchange in history],
                 timeout=0,
                 heartbeat=self._cluster.timings.heartbeat,
-                retries=JOB_RETRIES,
+                retries=self._settings.job_attempts,
                 ttl=JOB_TTL,
             )
         except Exception as exc:
@@ -456,6 +662,8 @@ class DistributedSessions:
                 "the session queue is unreachable just now", retry_after=STORE_RETRY_AFTER
             ) from exc
         self._waiting[sid] = _Waiting(asyncio.get_running_loop().time())
+        if self._metrics is not None:
+            self._metrics.admitted.inc()
         question = request.question if self._settings.log_questions else "(question not logged)"
         log.info("[session %s] enqueued: %s", sid[:8], question)
         return sid
@@ -470,17 +678,35 @@ class DistributedSessions:
         if request.owner is not None and earlier.owner != request.owner:
             raise SessionConflict(f"session {asked} already exists")
         turns = await self.store.conversation(earlier.conversation)
+        # Checked again, atomically, by the create script (two nodes may both pass here).
         if any(turn.status in UNFINISHED for turn in turns):
-            raise SessionConflict(
-                f"conversation {earlier.conversation}: the previous question is still being "
-                "researched; wait for it to end (or cancel it) before asking a follow-up"
-            )
+            raise SessionConflict(_busy(earlier.conversation))
         return _Placement(
             str(uuid.uuid4()),
             conversation_id=earlier.conversation,
             turn=max(turn.turn for turn in turns) + 1,
             history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
         )
+
+    async def _slots(self) -> int:
+        """The cluster's slots (the sum of its live workers'), read at most once a
+        second: admission's checks count the sessions waiting beyond them."""
+        loop = asyncio.get_running_loop()
+        if self._capacity is None or loop.time() - self._capacity[0] > SLOTS_FRESH:
+            capacity = await self._cluster.workers.capacity()
+            self._capacity = (loop.time(), capacity.slots)
+        return self._capacity[1]
+
+    async def refresh_metrics(self) -> None:
+        """``/metrics``'s cluster gauges, read from Redis now (a scrape awaits this)."""
+        if self._metrics is None:
+            return
+        try:
+            counts = await self._cluster.counts()
+        except Exception as exc:  # Redis away: the gauges keep their last values
+            log.warning("metrics: Redis unreachable: %s", exc)
+            return
+        self._metrics.observe(counts)
 
     # -- queue positions and queue timeouts ---------------------------------------------------
 

@@ -248,6 +248,9 @@ async def cancel(session_id: str, svc: Svc, caller: Caller, ids: Ids) -> dict[st
 async def metrics(svc: Svc, caller: Caller) -> Response:
     if not caller.is_admin:
         raise Forbidden("the metrics are for admin keys")
+    refresh = getattr(svc.manager, "refresh_metrics", None)
+    if refresh is not None:  # distributed mode: the cluster's gauges, read from Redis
+        await refresh()
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -155,7 +156,46 @@ def _refusal(exc: ResponseError) -> Exception:
         return LeaseLost(message.removeprefix("LEASELOST "))
     if message.startswith("NOSESSION"):
         return SessionNotFound(message.removeprefix("NOSESSION "))
+    if message.startswith("BUSY"):
+        return ConversationBusy(message.removeprefix("BUSY "))
+    if message.startswith("QUEUEFULL"):
+        return QueueFull(int(message.removeprefix("QUEUEFULL ")))
+    if message.startswith("QUOTA"):
+        return QuotaFull(int(message.removeprefix("QUOTA ")))
     return exc
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Admission's checks for ``create`` (distributed mode), made in its script.
+
+    ``follow_up``: refuse while another turn of the conversation is unfinished.
+    ``slots``: the cluster's slots (the sum of its live workers'); -1 skips the queue
+    checks. The waiting sessions are the ``queued`` ones beyond the free slots (slots
+    less the ``processing`` ones); a new one that would wait is refused when
+    ``max_queue`` wait already, or ``max_queued_per_key`` (0: no quota) of its owner's.
+    """
+
+    follow_up: bool
+    slots: int
+    max_queue: int = 0
+    max_queued_per_key: int = 0
+
+
+class ConversationBusy(SessionConflict):
+    """A turn of the conversation (the session id given) is still unfinished."""
+
+
+class QueueFull(Exception):
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} sessions waiting")
+        self.waiting = waiting
+
+
+class QuotaFull(Exception):
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} of this owner's sessions waiting")
+        self.waiting = waiting
 
 
 class RedisSessionStore:
@@ -225,9 +265,13 @@ class RedisSessionStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def create(self, record: SessionRecord) -> None:
+    async def create(self, record: SessionRecord, *, admit: Admit | None = None) -> None:
+        """As ``SessionStore.create``; with ``admit``, also admission's checks, in the
+        same script as the creation (so two nodes cannot both pass them): refused with
+        ``ConversationBusy``, ``QueueFull`` or ``QuotaFull``, nothing written."""
         fields = _fields(record)
         owner = record.owner or ""
+        limits = admit or Admit(follow_up=False, slots=-1)
         args: list[str | int] = [
             self.keys.prefix,
             record.id,
@@ -238,12 +282,20 @@ class RedisSessionStore:
             record.status,
             "1" if record.answer is not None else "0",
             uuid.uuid4().hex,  # write id: a retried call is recognised, not repeated
+            "1" if limits.follow_up else "0",
+            limits.slots,
+            limits.max_queue,
+            limits.max_queued_per_key,
         ]
         for name, value in fields.items():
             args += [name, value]
         if self.fault is not None:
             self.fault()
-        if not await self._create(args=args):
+        try:
+            created = await self._create(args=args)
+        except ResponseError as exc:
+            raise _refusal(exc) from exc
+        if not created:
             raise SessionConflict(f"session {record.id} already exists")
 
     async def append(

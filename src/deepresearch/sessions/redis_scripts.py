@@ -63,20 +63,63 @@ end
 """
 
 # ARGV: prefix, id, score, conversation id, turn, owner ('' = none), status,
-# answered ('1' or '0'), write id, then the hash's field/value pairs.
+# answered ('1' or '0'), write id, then admission's limits: follow-up ('1': refuse
+# while another turn of the conversation is unfinished), slots (the cluster's, '-1'
+# = no admission checks), max queue, max queued per key (0 = none), then the hash's
+# field/value pairs.
 # Every call carries a fresh write id, kept in the record: a client that retries a
 # call whose reply was lost (Redis restarted) finds its own id and does nothing twice.
-CREATE = """
+# Errors: BUSY (a turn of the conversation is unfinished), QUEUEFULL <waiting>,
+# QUOTA <waiting for this owner> (nothing is written then).
+# Counts come from the status and owner indexes, which every status change keeps in
+# the same script as the change: they cannot drift whichever way a session ends.
+CREATE = (
+    FINISHED_ONLY
+    + """
 local p, id, score, cid, turn, owner, status, answered, write_id =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local follow_up, slots = ARGV[10], tonumber(ARGV[11])
+local max_queue, max_queued_per_key = tonumber(ARGV[12]), tonumber(ARGV[13])
 local hash = p .. ':session:' .. id
 if redis.call('EXISTS', hash) == 1 then
   -- Our own create again (a retry after a lost reply) succeeds; anyone else's conflicts.
   if redis.call('HGET', hash, 'write_id') == write_id then return 1 end
   return 0
 end
+if follow_up == '1' then
+  for _, sid in ipairs(redis.call('ZRANGE', p .. ':turns:' .. cid, 0, -1)) do
+    if unfinished(redis.call('HGET', p .. ':session:' .. sid, 'status')) then
+      return redis.error_reply('BUSY ' .. sid)
+    end
+  end
+end
+if slots >= 0 then
+  -- As in one process: a session that finds a free slot is not counted as waiting.
+  -- Every session is 'queued' until a worker starts it, so the waiting ones are the
+  -- queued beyond the slots nobody runs.
+  local queued_key = p .. ':sessions:status:queued'
+  local queued = redis.call('ZCARD', queued_key)
+  local running = redis.call('ZCARD', p .. ':sessions:status:processing')
+  local free = math.max(0, slots - running)
+  if queued >= free then
+    local waiting = queued - free
+    if waiting >= max_queue then
+      return redis.error_reply('QUEUEFULL ' .. waiting)
+    end
+    if max_queued_per_key > 0 and owner ~= '' then
+      -- This owner's waiting ones: its queued beyond the free slots (exact when the
+      -- free slots are its own to take; else lenient by at most the free slots,
+      -- which workers are about to fill).
+      local mine = redis.call('ZINTERCARD', 2, queued_key, p .. ':sessions:owner:' .. owner)
+      mine = math.max(0, mine - free)
+      if mine >= max_queued_per_key then
+        return redis.error_reply('QUOTA ' .. mine)
+      end
+    end
+  end
+end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', hash, 'write_id', write_id, unpack(fields))
 redis.call('ZADD', p .. ':sessions', score, id)
 redis.call('ZADD', p .. ':sessions:status:' .. status, score, id)
@@ -101,6 +144,7 @@ if redis.call('ZREM', p .. ':expiring', cid) == 1 then
 end
 return 1
 """
+)
 
 # ARGV: prefix, id, lease token ('' = unfenced), retention ms ('0' = none), write id
 # (as in CREATE), number of events n, then n triples (seq, type, data), then change
@@ -285,3 +329,115 @@ class RedisKeys:
 
     def conversations(self, owner: str | None = None) -> str:
         return f"{self.prefix}:conversations" + (f":owner:{owner}" if owner is not None else "")
+
+
+# Fair queueing across keys (distributed mode), over saq's own lists: its queued list
+# (job ids, first come first) and its active list (jobs taken and not finished). A
+# job's key is its session id, so a job's owner is its record's ``owner`` ('' with
+# keys off: then everything is one line and the order is saq's FIFO). The next job
+# goes to the owner with the fewest jobs active, then the one served longest ago
+# (``p:served``: owner -> a counter from ``p:served:clock``), then the earliest
+# arrival; FIFO within an owner; an owner at its running quota (``cap`` > 0) waits.
+FAIR = """
+local function owner_of(p, job_prefix, jid)
+  local sid = string.sub(jid, #job_prefix + 1)
+  return redis.call('HGET', p .. ':session:' .. sid, 'owner') or ''
+end
+local function fair_state(p, job_prefix, queued, active)
+  local running = {}
+  for _, jid in ipairs(redis.call('LRANGE', active, 0, -1)) do
+    local owner = owner_of(p, job_prefix, jid)
+    running[owner] = (running[owner] or 0) + 1
+  end
+  local ids = redis.call('LRANGE', queued, 0, -1)
+  local lines, owners = {}, {}
+  for _, jid in ipairs(ids) do
+    local owner = owner_of(p, job_prefix, jid)
+    if not lines[owner] then
+      lines[owner] = {}
+      owners[#owners + 1] = owner
+    end
+    table.insert(lines[owner], jid)
+  end
+  return ids, running, lines, owners
+end
+local function served_at(p, owner)
+  return tonumber(redis.call('HGET', p .. ':served', owner) or '0')
+end
+local function capped(cap, owner, count)
+  return cap > 0 and owner ~= '' and count >= cap
+end
+local function before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[3] < b[3]
+end
+"""
+
+# Takes the next job fairly: moves it from saq's queued list to its active list (what
+# saq's own dequeue does, first come first) and returns its id, or nil when nothing
+# may start. ARGV: store prefix, saq's job id prefix, queued key, active key, cap.
+TAKE = (
+    FAIR
+    + """
+local p, job_prefix, queued, active, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, running, lines, owners = fair_state(p, job_prefix, queued, active)
+local best, best_rank
+for arrival, owner in ipairs(owners) do
+  local count = running[owner] or 0
+  if not capped(cap, owner, count) then
+    local rank = {count, served_at(p, owner), arrival}
+    if best == nil or before(rank, best_rank) then best, best_rank = owner, rank end
+  end
+end
+if best == nil then return false end
+local jid = lines[best][1]
+redis.call('LREM', queued, 1, jid)
+redis.call('RPUSH', active, jid)
+redis.call('HSET', p .. ':served', best, redis.call('INCR', p .. ':served:clock'))
+return jid
+"""
+)
+
+# The order the queued jobs would start in, if nobody else arrived (queue positions):
+# TAKE repeated, counting each planned start; jobs held back by their owner's running
+# quota come last, by arrival. Read-only. ARGV as TAKE's.
+PLAN = (
+    FAIR
+    + """
+local p, job_prefix, queued, active, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, running, lines, owners = fair_state(p, job_prefix, queued, active)
+local arrival_of = {}
+for n, jid in ipairs(ids) do arrival_of[jid] = n end
+local served, taken = {}, {}
+for _, owner in ipairs(owners) do
+  served[owner] = served_at(p, owner)
+  taken[owner] = 0
+end
+local clock = tonumber(redis.call('GET', p .. ':served:clock') or '0')
+local order, placed = {}, {}
+while true do
+  local best, best_rank
+  for _, owner in ipairs(owners) do
+    local head = lines[owner][taken[owner] + 1]
+    local count = running[owner] or 0
+    if head and not capped(cap, owner, count) then
+      local rank = {count, served[owner], arrival_of[head]}
+      if best == nil or before(rank, best_rank) then best, best_rank = owner, rank end
+    end
+  end
+  if best == nil then break end
+  taken[best] = taken[best] + 1
+  local jid = lines[best][taken[best]]
+  order[#order + 1] = jid
+  placed[jid] = true
+  running[best] = (running[best] or 0) + 1
+  clock = clock + 1
+  served[best] = clock
+end
+for _, jid in ipairs(ids) do
+  if not placed[jid] then order[#order + 1] = jid end
+end
+return order
+"""
+)
