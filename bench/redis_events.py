@@ -78,6 +78,12 @@ async def commandstats(store: RedisSessionStore) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
+async def command_usec(store: RedisSessionStore) -> dict[str, int]:
+    """Microseconds each command has spent executing (a script's include its commands)."""
+    stats: dict[str, Any] = await store.client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["usec"]) for name, value in stats.items()}
+
+
 async def used_memory(store: RedisSessionStore) -> int:
     await store.client.execute_command("MEMORY", "PURGE")  # type: ignore[no-untyped-call]
     info: dict[str, Any] = await store.client.info("memory")
@@ -201,7 +207,7 @@ async def memory(store: RedisSessionStore, url: str) -> None:
 
 
 PIECE_EVERY = 0.05  # the agent's STREAM_INTERVAL: a text row at most this often
-PIECES = 40  # per round: 2 s of text
+PIECES = 40  # per round: 2 s of text (both settable: ``--pieces``, ``--piece-ms``)
 ROUNDS = 3
 TOOL_SECONDS = 0.3
 
@@ -209,18 +215,19 @@ TOOL_SECONDS = 0.3
 class Streamer:
     """A scripted agent: ROUNDS rounds of PIECES text pieces, a tool call after each."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, pieces: int, every: float) -> None:
         self.sid = session_id
+        self.pieces, self.every = pieces, every
 
     async def run(self, question: str) -> AsyncIterator[Event]:
         sid = self.sid
         for round_ in range(1, ROUNDS + 1):
             yield RoundStart(session_id=sid, round=round_)
             text = ""
-            for n in range(PIECES):
+            for n in range(self.pieces):
                 text += f"piece {n} of the reasoning, "
                 yield Thinking(session_id=sid, round=round_, content=text, delta="")
-                await asyncio.sleep(PIECE_EVERY)
+                await asyncio.sleep(self.every)
             args = {"query": f"round {round_}"}
             yield ToolCallStart(session_id=sid, round=round_, tool_name="search", tool_args=args)
             await asyncio.sleep(TOOL_SECONDS)
@@ -232,7 +239,7 @@ def ms(values: list[float], q: int) -> str:
     return f"{statistics.quantiles(values, n=100)[q - 1] * 1000:.0f}"
 
 
-async def coalescing(url: str, sessions: int, window: float) -> None:
+async def coalescing(url: str, sessions: int, window: float, pieces: int, every: float) -> None:
     store, reader = RedisSessionStore(url), RedisSessionStore(url)
     await store.open()
     await reader.open()
@@ -274,13 +281,14 @@ async def coalescing(url: str, sessions: int, window: float) -> None:
                 SessionRun(
                     record(session_id),
                     store=store,
-                    agent_factory=lambda sid, config, **_: Streamer(sid),
+                    agent_factory=lambda sid, config, **_: Streamer(sid, pieces, every),
                     config=AgentTemplate(),
                     lease="worker",
                     coalesce=window,
                 )
             )
         before = await commandstats(store)
+        usec_before = await command_usec(store)
         cpu_before = await redis_cpu(store)
         started = time.perf_counter()
         await asyncio.gather(*(run.run() for run in runs))
@@ -288,18 +296,22 @@ async def coalescing(url: str, sessions: int, window: float) -> None:
         wall = time.perf_counter() - started
         cpu = await redis_cpu(store) - cpu_before
         after = await commandstats(store)
+        usec = await command_usec(store)
         await tails.__aexit__(None, None, None)
     finally:
         await store.close()
         await reader.close()
     events = sum(run.seq for run in runs)
+    appending = (usec.get("evalsha", 0) - usec_before.get("evalsha", 0)) / events
+    delivering = (usec.get("xread", 0) - usec_before.get("xread", 0)) / events
     appends = sum(run.appends for run in runs)
     calls = after.get("evalsha", 0) - before.get("evalsha", 0)
     label = "before (one append per row)" if window == 0 else f"after (window {window:g} s)"
     print(
         f"  {label}: {sessions} sessions, {events:,} events in {wall:.1f} s; "
         f"{appends / events:.2f} appends per event ({calls:,} scripts run); "
-        f"redis-server CPU {cpu / events * 1e6:.1f} µs per event (append + delivery to a TailHub)"
+        f"redis-server CPU {cpu / events * 1e6:.1f} µs per event (append + delivery to a TailHub; "
+        f"executing: appends {appending:.1f}, XREAD {delivering:.1f})"
     )
     print(
         f"    model -> follower, ms p50/p99: first text of a round {ms(first, 50)}/"
@@ -308,17 +320,25 @@ async def coalescing(url: str, sessions: int, window: float) -> None:
     )
 
 
-async def coalescing_section(url: str, sessions: int, windows: list[float]) -> None:
+async def coalescing_section(
+    url: str, sessions: int, windows: list[float], pieces: int, every: float
+) -> None:
     print(
         f"4. The runner's coalescing ({sessions} sessions, {ROUNDS} rounds of "
-        f"{PIECES} text pieces every {PIECE_EVERY * 1000:.0f} ms, a tool call after each):"
+        f"{pieces} text pieces every {every * 1000:.0f} ms, a tool call after each):"
     )
     for window in windows:
-        await coalescing(url, sessions, window)
+        await coalescing(url, sessions, window, pieces, every)
 
 
 async def main(
-    sessions: int, events: int, coalesced: int, windows: list[float], only_coalescing: bool
+    sessions: int,
+    events: int,
+    coalesced: int,
+    windows: list[float],
+    only_coalescing: bool,
+    pieces: int = PIECES,
+    every: float = PIECE_EVERY,
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         server = RedisServer(Path(folder))
@@ -329,7 +349,7 @@ async def main(
             version = (await store.client.info("server"))["redis_version"]
             print(f"redis-server {version}, no persistence, loopback; {time.strftime('%F %T')}")
             if only_coalescing:
-                return await coalescing_section(server.url, coalesced, windows)
+                return await coalescing_section(server.url, coalesced, windows, pieces, every)
             print("1. Redis commands per appended event (fenced by a lease):")
             await commands_per_event(store, batch=1, events=1000)
             await commands_per_event(store, batch=10, events=1000)
@@ -339,7 +359,7 @@ async def main(
             await worker_to_follower(server.url, sessions, events, hub=True)
             print("3. Memory:")
             await memory(store, server.url)
-            await coalescing_section(server.url, coalesced, windows)
+            await coalescing_section(server.url, coalesced, windows, pieces, every)
         finally:
             await store.close()
             server.stop()
@@ -356,8 +376,20 @@ if __name__ == "__main__":
         help="coalescing windows in 4, comma-separated (0: one append per row, as before)",
     )
     parser.add_argument("--only-coalescing", action="store_true", help="run 4 alone")
+    parser.add_argument("--pieces", type=int, default=PIECES, help="text pieces per round in 4")
+    parser.add_argument(
+        "--piece-ms", type=float, default=PIECE_EVERY * 1000, help="ms between pieces in 4"
+    )
     options = parser.parse_args()
     windows = [float(w) for w in options.windows.split(",")]
     asyncio.run(
-        main(options.sessions, options.events, options.coalesced, windows, options.only_coalescing)
+        main(
+            options.sessions,
+            options.events,
+            options.coalesced,
+            windows,
+            options.only_coalescing,
+            options.pieces,
+            options.piece_ms / 1000,
+        )
     )
