@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from deepresearch.agent.base import AgentState
-from deepresearch.events import Completed, Event, RoundStart, Thinking, ToolCallStart
+from deepresearch.config import AgentTemplate
+from deepresearch.events import Completed, Event, RoundStart, Thinking, ToolCallStart, utc_now
 from deepresearch.runtime.follower import Follower, LocalTail
+from deepresearch.runtime.runner import SessionRun
 from deepresearch.sessions.checkpoints import SqliteCheckpointStore
-from deepresearch.sessions.records import SessionChanges, StoredEvent
+from deepresearch.sessions.records import SessionChanges, SessionRecord, StoredEvent
 from tests.runtime.test_runner import Fenced, Puppet, ended_once, new_run, types
 
 PIECE = "metformin first; "
@@ -327,3 +329,72 @@ async def test_a_live_follower_and_a_replay_see_the_same_events(store: Batches) 
     assert live[-1].type == "completed"
     assert [(e.seq, e.type, e.data) for e in replay] == [(e.seq, e.type, e.data) for e in live]
     assert len([b for b in store.batches if "thinking" in b]) <= 16  # not 600
+
+
+async def test_the_end_waits_for_a_timed_write_under_way_and_a_late_cancel_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The agent ends while the timer's write is still in the store: the run waits for
+    it (its row is stored before the terminal event, numbers contiguous); a cancel
+    arriving then is refused and a raw task cancel does not escape the run."""
+    writing = asyncio.Event()
+    release = asyncio.Event()
+    settling = asyncio.Event()
+
+    class Slow(Batches):
+        async def append(
+            self,
+            session_id: str,
+            events: Sequence[StoredEvent],
+            changes: SessionChanges | None = None,
+            *,
+            lease: str | None = None,
+        ) -> None:
+            if json.loads(events[0].data).get("delta") == "b":  # the timer's write
+                writing.set()
+                await release.wait()
+            await super().append(session_id, events, changes, lease=lease)
+
+    class Finisher(Puppet):
+        async def run(self, question: str) -> AsyncGenerator[Event, None]:
+            yield RoundStart(session_id="s-1", round=1)
+            yield thinking("a")
+            yield thinking("ab")
+            await writing.wait()
+            yield Completed(session_id="s-1", content="done")
+
+    class Watched(SessionRun):
+        async def _stop_timer(self) -> None:
+            settling.set()
+            await super()._stop_timer()
+
+    slow = Slow(tmp_path / "slow.sqlite")
+    await slow.open()
+    try:
+        record = SessionRecord(id="s-1", question="q", status="queued", created_at=utc_now())
+        await slow.create(record)
+        run = Watched(
+            record,
+            store=slow,
+            agent_factory=lambda *_, **__: Finisher(),
+            config=AgentTemplate(),
+            coalesce=0.01,
+        )
+        task = asyncio.create_task(run.run())
+        await settling.wait()  # the agent is done; the timer's write is not
+        assert not run.cancel("too late")
+        task.cancel()  # as a job queue might, at the same moment
+        release.set()
+        outcome = await task
+        assert outcome.status == "completed" and outcome.stored
+        assert await types(slow) == [
+            "session_start",
+            "init",
+            "round_start",
+            "thinking",
+            "thinking",
+            "completed",
+        ]
+        await ended_once(slow, "completed")
+    finally:
+        await slow.close()

@@ -192,6 +192,7 @@ class SessionRun:
         self._terminal_stored = False
         self._handing_back = False
         self._abandoning = False
+        self._ending = False  # the agent has stopped: the outcome is being decided
         self._task: asyncio.Task[Any] | None = None
 
     @property
@@ -202,8 +203,8 @@ class SessionRun:
 
     def cancel(self, reason: str) -> bool:
         """End the session ``cancelled`` with ``reason``. False (nothing done) once it
-        has been asked already or its outcome is being written."""
-        if self.cancel_requested or self._handing_back or self.finishing is not None:
+        has been asked already or its outcome is being decided or written."""
+        if self.cancel_requested or self._handing_back or self._ending:
             return False
         self.cancel_requested = True
         self.cancel_reason = reason
@@ -214,7 +215,7 @@ class SessionRun:
     def hand_back(self) -> bool:
         """Stop without a terminal event (a shutdown): the checkpoint stays, the
         session is run again later. False once it is ending anyway."""
-        if self.cancel_requested or self._handing_back or self.finishing is not None:
+        if self.cancel_requested or self._handing_back or self._ending:
             return False
         self._handing_back = True
         if self._task is not None:
@@ -317,8 +318,21 @@ class SessionRun:
             raise self._failure
 
     async def _settle(self) -> None:
-        """The run is over: no timed write is under way or will be."""
-        async with self._lock:
+        """The run is over: no timed write is under way or will be. Waits for one
+        under way even if asked to stop again meanwhile (the run is ending anyway)."""
+        if self._timer is None:
+            return
+        stopping = asyncio.ensure_future(self._stop_timer())
+        while not stopping.done():
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                while task is not None and task.cancelling():
+                    task.uncancel()
+
+    async def _stop_timer(self) -> None:
+        async with self._lock:  # not while it writes
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -502,6 +516,7 @@ class SessionRun:
             log.exception("%s failed unexpectedly", self.tag)
             terminal = Error(session_id=sid, content=f"internal error: {type(exc).__name__}")
         finally:
+            self._ending = True  # its outcome is decided: cancel and hand_back refuse
             if watcher is not None:
                 watcher.cancel()
             if self._on_stopped is not None:
