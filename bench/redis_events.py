@@ -17,7 +17,8 @@ drives the real ``RedisSessionStore``:
    by a lease, each followed through one ``TailHub`` and rebuilt by ``WireView``
    as a client would get it: appends and redis-server CPU per event, and the
    delay from the model's piece to the follower (the first text of a round, any
-   text row, the events sent on the wire).
+   text row, the events sent on the wire); then the same on the single process's
+   SQLite store (appends and process CPU per event, the wire's delay).
 
 Run: ``.venv/bin/python bench/redis_events.py`` (about a minute).
 """
@@ -49,8 +50,9 @@ from deepresearch.events import (  # noqa: E402
     ToolResult,
 )
 from deepresearch.runtime.deltas import ACCUMULATED, WireView, since_of  # noqa: E402
+from deepresearch.runtime.follower import Follower  # noqa: E402
 from deepresearch.runtime.runner import COALESCE_WINDOW, SessionRun  # noqa: E402
-from deepresearch.sessions import SessionRecord, StoredEvent  # noqa: E402
+from deepresearch.sessions import SessionRecord, SqliteSessionStore, StoredEvent  # noqa: E402
 from deepresearch.sessions.redis import RedisSessionStore  # noqa: E402
 from deepresearch.sessions.redis_tails import TailHub  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
@@ -320,6 +322,52 @@ async def coalescing(url: str, sessions: int, window: float, pieces: int, every:
     )
 
 
+async def coalescing_sqlite(sessions: int, window: float, pieces: int, every: float) -> None:
+    """The same sessions on the single process's SQLite store, each followed as
+    ``deepresearch serve`` follows it (``Follower`` on the store's ``tail``)."""
+    wire: list[float] = []
+    runs: list[SessionRun] = []
+    with tempfile.TemporaryDirectory() as folder:
+        store = SqliteSessionStore(Path(folder) / "sessions.sqlite")
+        await store.open()
+        try:
+            ids = [f"sqlite-{window}-{n}" for n in range(sessions)]
+            for session_id in ids:
+                await store.create(record(session_id))
+
+            async def follow(session_id: str) -> None:
+                async for sent in Follower(store).follow(session_id):
+                    if sent is not None and sent.type in ACCUMULATED:
+                        made = datetime.fromisoformat(json.loads(sent.data)["timestamp"])
+                        wire.append(time.time() - made.timestamp())
+
+            for session_id in ids:
+                runs.append(
+                    SessionRun(
+                        record(session_id),
+                        store=store,
+                        agent_factory=lambda sid, config, **_: Streamer(sid, pieces, every),
+                        config=AgentTemplate(),
+                        coalesce=window,
+                    )
+                )
+            followers = [asyncio.create_task(follow(session_id)) for session_id in ids]
+            cpu_before, started = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(run.run() for run in runs))
+            await asyncio.gather(*followers)
+            cpu, wall = time.process_time() - cpu_before, time.perf_counter() - started
+        finally:
+            await store.close()
+    events = sum(run.seq for run in runs)
+    appends = sum(run.appends for run in runs)
+    label = "before (one append per row)" if window == 0 else f"after (window {window:g} s)"
+    print(
+        f"  SQLite, {label}: {events:,} events in {wall:.1f} s; {appends / events:.2f} appends "
+        f"per event; process CPU {cpu / events * 1e6:.0f} µs per event (runs, store, "
+        f"followers); text events sent to the client ms p50/p99 {ms(wire, 50)}/{ms(wire, 99)}"
+    )
+
+
 async def coalescing_section(
     url: str, sessions: int, windows: list[float], pieces: int, every: float
 ) -> None:
@@ -329,6 +377,8 @@ async def coalescing_section(
     )
     for window in windows:
         await coalescing(url, sessions, window, pieces, every)
+    for window in windows:
+        await coalescing_sqlite(sessions, window, pieces, every)
 
 
 async def main(
