@@ -24,7 +24,7 @@ square of the text (a long reasoning round, every 50 ms). So:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,31 +41,38 @@ SENT_SLACK = 2048  # ...plus this, so short texts stream smoothly
 class Compactor:
     """The writer's side: turns a session's events into rows to store.
 
-    ``row`` only prepares a row; the compactor moves on to it at ``commit``, which
-    the writer calls once the row is stored. So each event is seen once, in order,
+    ``row`` only prepares a row, against the rows prepared before it (a writer
+    may hold several to store them together); the compactor moves on to them at
+    ``commit``, which the writer calls once they are all stored, and drops them
+    at ``rollback`` (the write failed). So each event is seen once, in order,
     under the number it is stored with, and a write that failed leaves the
-    compactor where the store is.
+    compactor where the store is. Preparing a number again (one not after the
+    last prepared) drops what was prepared from it on, as a rollback would.
     """
 
     def __init__(self) -> None:
-        self._text: dict[str, str] = {}  # by event type: the text so far
-        self._since: dict[str, int] = {}
-        self._rounds: dict[str, int] = {}
-        self._pending: tuple[str, str, int, int | None] | None = None
+        self._stored = _Texts()  # as of the rows stored
+        self._ahead: _Texts | None = None  # as of the rows prepared after them
+        self._ahead_seq = 0  # the last number prepared
 
     def row(self, seq: int, event: Event) -> StoredEvent:
-        """The row that stores ``event`` as number ``seq`` (after the committed ones)."""
-        self._pending = None
+        """The row that stores ``event`` as number ``seq`` (after those prepared)."""
+        if self._ahead is not None and seq <= self._ahead_seq:
+            self.rollback()
+        self._ahead_seq = seq
         if not isinstance(event, Thinking | FinalAnswerChunk):
             return StoredEvent(seq, event.type, event.model_dump_json())
+        if self._ahead is None:
+            self._ahead = self._stored.copy()
+        texts = self._ahead
         kind = event.type
-        before = self._text.get(kind, "")
+        before = texts.text.get(kind, "")
         fresh = (
-            kind not in self._since
+            kind not in texts.since
             or not event.content.startswith(before)
-            or (isinstance(event, Thinking) and self._rounds.get(kind) != event.round)
+            or (isinstance(event, Thinking) and texts.rounds.get(kind) != event.round)
         )
-        since = seq if fresh else self._since[kind]
+        since = seq if fresh else texts.since[kind]
         if fresh:
             before = ""
         row: dict[str, Any] = {
@@ -73,21 +80,31 @@ class Compactor:
             "delta": event.content[len(before) :],
             "since": since,
         }
-        round_ = event.round if isinstance(event, Thinking) else None
-        if round_ is not None:
-            row["round"] = round_
-        self._pending = (kind, event.content, since, round_)
+        texts.text[kind], texts.since[kind] = event.content, since
+        if isinstance(event, Thinking):
+            row["round"] = texts.rounds[kind] = event.round
         return StoredEvent(seq, kind, _dumps(row))
 
     def commit(self) -> None:
-        """The last prepared row is stored: later rows follow on from it."""
-        if self._pending is None:
-            return
-        kind, text, since, round_ = self._pending
-        self._pending = None
-        self._text[kind], self._since[kind] = text, since
-        if round_ is not None:
-            self._rounds[kind] = round_
+        """The rows prepared are stored: later rows follow on from them."""
+        if self._ahead is not None:
+            self._stored, self._ahead = self._ahead, None
+
+    def rollback(self) -> None:
+        """The rows prepared were not stored: later rows follow on from the stored."""
+        self._ahead = None
+
+
+@dataclass
+class _Texts:
+    """Per event type: the text so far, the number where it began, its round."""
+
+    text: dict[str, str] = field(default_factory=dict)
+    since: dict[str, int] = field(default_factory=dict)
+    rounds: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> _Texts:
+        return _Texts(dict(self.text), dict(self.since), dict(self.rounds))
 
 
 def since_of(event: StoredEvent) -> int | None:

@@ -16,6 +16,25 @@ its admission). One run:
   an agent error. Two paths end it without writing anything: a *hand back* (the
   process is shutting down; the session is run again elsewhere from its
   checkpoint) and a *lost lease* (another worker runs it now).
+
+Coalescing: streamed text (``thinking`` / ``final_answer_chunk`` delta rows, one
+every ~50 ms while the model streams) is held and stored with the rows after it,
+so a session makes about one append a second instead of twenty. Held rows are
+stored, in one append and in order:
+
+- with the next event of any other kind (it goes last in that append);
+- once the first of them is ``coalesce`` seconds old (``COALESCE_WINDOW``), by a
+  timer when no other event comes;
+- at once when a row starts a text (the first text of a round, or a reply asked
+  again): a follower sees a round's first text without waiting;
+- before a checkpoint (which names the last stored number) and with the terminal
+  event (cancel included: the text produced so far is kept).
+
+A run handed back, or one that lost its lease, drops its held text: the round is
+streamed again by the run that goes on from the checkpoint. Numbers are taken only
+once stored; a failed write stores none of the rows held (one append is all or
+nothing) and ends the session with one ``error``; a timed write that fails is
+raised by the run's next write or at its end.
 """
 
 from __future__ import annotations
@@ -23,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -46,7 +66,7 @@ from deepresearch.events import (
     utc_now,
 )
 from deepresearch.runtime.admission import QueueTimeout
-from deepresearch.runtime.deltas import Compactor
+from deepresearch.runtime.deltas import ACCUMULATED, Compactor, since_of
 from deepresearch.runtime.metrics import Metrics
 from deepresearch.sessions.checkpoints import Checkpoint, CheckpointStore
 from deepresearch.sessions.records import (
@@ -60,6 +80,10 @@ from deepresearch.sessions.records import (
 from deepresearch.sessions.store import SessionStore
 
 log = logging.getLogger("deepresearch.sessions")
+
+# Streamed text is held at most this long before it is stored (seconds): the wire
+# sends accumulated text about once a second anyway (``runtime/deltas.py``).
+COALESCE_WINDOW = 1.0
 
 # (session_id, config, **keywords) -> Agent. Keywords, each only when used:
 # ``history`` (a follow-up's earlier turns), ``on_round`` (the checkpoint hook),
@@ -131,6 +155,8 @@ class SessionRun:
         on_unsettled: Unsettled | None = None,
         why_cancelled: WhyCancelled | None = None,
         on_stopped: Callable[[], None] | None = None,
+        coalesce: float = COALESCE_WINDOW,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.record = record
         self.id = record.id
@@ -149,6 +175,14 @@ class SessionRun:
         self._on_stopped = on_stopped
         self.seq = 0  # the last sequence number stored
         self.compactor = Compactor()  # streamed text is stored as deltas
+        self.appends = 0  # writes of events made (each one or more rows)
+        self._window = coalesce
+        self._clock = clock or time.monotonic
+        self._lock = asyncio.Lock()  # one write at a time: numbers follow the store
+        self._held: list[StoredEvent] = []  # rows prepared, not yet stored
+        self._held_since = 0.0  # when the first of them was
+        self._timer: asyncio.Task[None] | None = None  # stores them when window old
+        self._failure: StorageFailure | LeaseLost | None = None  # of a timed write
         self.terminal: StoredEvent | None = None  # once decided, stored or not
         self.finishing: asyncio.Future[None] | None = None  # writing the terminal event
         self.cancel_requested = False
@@ -158,6 +192,7 @@ class SessionRun:
         self._terminal_stored = False
         self._handing_back = False
         self._abandoning = False
+        self._ending = False  # the agent has stopped: the outcome is being decided
         self._task: asyncio.Task[Any] | None = None
 
     @property
@@ -168,8 +203,8 @@ class SessionRun:
 
     def cancel(self, reason: str) -> bool:
         """End the session ``cancelled`` with ``reason``. False (nothing done) once it
-        has been asked already or its outcome is being written."""
-        if self.cancel_requested or self._handing_back or self.finishing is not None:
+        has been asked already or its outcome is being decided or written."""
+        if self.cancel_requested or self._handing_back or self._ending:
             return False
         self.cancel_requested = True
         self.cancel_reason = reason
@@ -180,7 +215,7 @@ class SessionRun:
     def hand_back(self) -> bool:
         """Stop without a terminal event (a shutdown): the checkpoint stays, the
         session is run again later. False once it is ending anyway."""
-        if self.cancel_requested or self._handing_back or self.finishing is not None:
+        if self.cancel_requested or self._handing_back or self._ending:
             return False
         self._handing_back = True
         if self._task is not None:
@@ -190,29 +225,117 @@ class SessionRun:
     # -- writing ------------------------------------------------------------------------------
 
     async def emit(self, event: Event, changes: SessionChanges | None = None) -> None:
-        """Store ``event`` as the next number (with ``changes`` to the record)."""
-        # The number is taken only once the event is stored: a failed write leaves
-        # no gap, and the session ends (StorageFailure) with the next number.
-        # Streamed text is stored as a delta against the rows stored before it: the
-        # compactor moves on only with the number (a failed write moves neither).
-        seq = self.seq + 1
-        stored = self.compactor.row(seq, event)
+        """Store ``event`` as the next number (with ``changes`` to the record).
+
+        Streamed text (``thinking``, ``final_answer_chunk``) is held back and stored
+        with the rows after it (see "Coalescing" in the module's docstring); any
+        other event is stored at once, after the text held before it, in one append.
+        """
+        async with self._lock:
+            self._raise_failure()
+            # Numbers are taken only once the rows are stored (``_flush``): a failed
+            # write leaves no gap, and the session ends (StorageFailure) with the
+            # next number. Streamed text is stored as deltas against the rows before
+            # it: the compactor moves on only with the store (a failed write moves
+            # neither).
+            seq = self.seq + len(self._held) + 1
+            row = self.compactor.row(seq, event)
+            now = self._clock()
+            if not self._held:
+                self._held_since = now
+            self._held.append(row)
+            # The first text of a round (or a text asked again) is not held, so a
+            # follower sees it at once; nor is text once held for the whole window.
+            if (
+                event.type in ACCUMULATED
+                and changes is None
+                and since_of(row) != seq
+                and now - self._held_since < self._window
+            ):
+                self._flush_later()
+                return
+            await self._flush(changes)
+
+    async def _flush(self, changes: SessionChanges | None = None) -> None:
+        """Store the rows held, in one append (the lock held)."""
+        rows = self._held
+        if not rows:
+            return
         try:
-            await self._store.append(self.id, [stored], changes, lease=self._lease)
+            await self._store.append(self.id, rows, changes, lease=self._lease)
         except asyncio.CancelledError:
-            self.seq = seq  # the write goes on without us and may land: never reuse it
-            self.compactor.commit()
-            raise
+            self._stored_rows(rows, announce=False)  # the write goes on without us and
+            raise  # may land: never reuse its numbers
         except LeaseLost:
+            self._drop()
             raise
         except Exception as exc:
-            log.error("%s the store could not save a %s event: %s", self.tag, event.type, exc)
+            self._drop()
+            log.error("%s the store could not save a %s event: %s", self.tag, rows[-1].type, exc)
             raise StorageFailure(
                 f"the session store could not save this session's events ({exc})"
             ) from exc
-        self.seq = seq
+        self._stored_rows(rows)
+
+    def _stored_rows(self, rows: list[StoredEvent], *, announce: bool = True) -> None:
+        self.seq += len(rows)
         self.compactor.commit()
-        self._stored(stored)
+        self._held = []
+        self.appends += 1
+        if announce:
+            for row in rows:
+                self._stored(row)
+
+    def _drop(self) -> None:
+        """Forget the rows held (never stored): the compactor goes back to the store."""
+        self._held = []
+        self.compactor.rollback()
+
+    def _flush_later(self) -> None:
+        """Make sure held text is stored once it is ``window`` old, even if no other
+        event comes (the model is silent, a tool runs)."""
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._timed(), name=f"coalesce {self.id}")
+
+    async def _timed(self) -> None:
+        try:
+            while self._held and self._failure is None:
+                wait = self._held_since + self._window - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                async with self._lock:
+                    if self._held and self._clock() - self._held_since >= self._window:
+                        await self._flush()
+        except (StorageFailure, LeaseLost) as exc:
+            # Nothing of it was stored; the run's next write (or its end) raises it.
+            self._failure = exc
+        finally:
+            self._timer = None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _settle(self) -> None:
+        """The run is over: no timed write is under way or will be. Waits for one
+        under way even if asked to stop again meanwhile (the run is ending anyway)."""
+        if self._timer is None:
+            return
+        stopping = asyncio.ensure_future(self._stop_timer())
+        while not stopping.done():
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                while task is not None and task.cancelling():
+                    task.uncancel()
+
+    async def _stop_timer(self) -> None:
+        async with self._lock:  # not while it writes
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def _stored(self, stored: StoredEvent) -> None:
         if self._metrics is not None:
@@ -222,6 +345,14 @@ class SessionRun:
 
     async def _save(self, state: AgentState) -> None:
         """The agent's hook after each completed round: keep it as the checkpoint."""
+        assert self._checkpoints is not None
+        async with self._lock:
+            # The checkpoint names the last stored number: the rows before it first.
+            self._raise_failure()
+            await self._flush()
+            await self._save_checkpoint(state)
+
+    async def _save_checkpoint(self, state: AgentState) -> None:
         assert self._checkpoints is not None
         checkpoint = Checkpoint(
             session_id=self.id,
@@ -385,13 +516,25 @@ class SessionRun:
             log.exception("%s failed unexpectedly", self.tag)
             terminal = Error(session_id=sid, content=f"internal error: {type(exc).__name__}")
         finally:
+            self._ending = True  # its outcome is decided: cancel and hand_back refuse
             if watcher is not None:
                 watcher.cancel()
             if self._on_stopped is not None:
                 self._on_stopped()  # e.g. free the slot before the end is announced
         ran = loop.time() - started if started is not None else None
         waited = (started if started is not None else loop.time()) - admitted
+        await self._settle()
+        failure = self._failure
+        if failure is not None and not (self._abandoning or self._handing_back):
+            if isinstance(failure, LeaseLost):  # a timed write was refused
+                log.warning("%s stopped without writing more: %s", self.tag, failure)
+                self._abandoning = True
+            else:
+                terminal = Error(session_id=sid, content=str(failure))
         if self._abandoning or self._handing_back:
+            # Text held is dropped: a lost lease may not write it, and a run handed
+            # back goes on from its checkpoint, streaming that round again.
+            self._drop()
             if self._handing_back:
                 log.info("%s handed back at round %d", self.tag, self.checkpoint_round)
             outcome = RunOutcome(
@@ -443,21 +586,32 @@ class SessionRun:
             citations=[c.model_dump() for c in final.answer_data.citations] if final else None,
             error=terminal.content if status != "completed" else None,
         )
-        self.seq += 1
-        stored = StoredEvent(self.seq, terminal.type, terminal.model_dump_json())
+        held = self._held  # text held comes first, in the same append
+        stored = StoredEvent(self.seq + len(held) + 1, terminal.type, terminal.model_dump_json())
         self.terminal = stored
         try:
-            await self._store.append(self.id, [stored], changes, lease=self._lease)
+            await self._store.append(self.id, [*held, stored], changes, lease=self._lease)
         except LeaseLost as exc:
             log.warning("%s outcome not written, the lease is lost: %s", self.tag, exc)
+            self._drop()
             return
         except Exception as exc:
             # Its followers still get the terminal event, and the record reads as
-            # ended; the store is offered the outcome again until it takes it.
+            # ended; the store is offered the outcome again until it takes it. The
+            # text held is let go: the terminal event takes the next stored number.
             log.error("%s outcome not stored (%s); will retry", self.tag, exc)
+            self._drop()
+            self.seq += 1
+            stored = self.terminal = StoredEvent(self.seq, stored.type, stored.data)
             if self._on_unsettled is not None:
                 self._on_unsettled(self.id, stored, changes)
             return
+        self._held = []
+        self.seq = stored.seq
+        self.compactor.commit()
+        self.appends += 1
+        for row in held:
+            self._stored(row)
         self._terminal_stored = True
         if self._checkpoints is not None and self._checkpointed:
             with contextlib.suppress(Exception):  # an orphan checkpoint only costs room
