@@ -2,6 +2,7 @@
 
 Usage: python bench/serving.py [--quick] [--time-scale 100] [--shapes short,medium,long]
        [--only NAME,...] [--out bench/results]        (``make bench-serving`` installs and runs)
+       python bench/serving.py --headroom-only --headroom-clients 64,96,128 --auto-max 128
 
 For each workload shape (``workload.SHAPES``: short, medium and long contexts) one simulated
 vLLM (``vllm_sim.py``) serves, in turn, a burst of N research sessions from:
@@ -37,6 +38,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -134,16 +137,28 @@ class Bench:
         if kill_after is not None:
             on_progress = self.killer(sims[-1], count, kill_after)
         began = time.monotonic()
+        peaks: dict[str, int] = {}
+        watcher = None
+        if contender.kind == "deepresearch":
+            watcher = asyncio.create_task(watch_health(server.url, peaks))
         try:
             sessions = await run_burst(
                 contender.kind, server.url, questions, self.args.run_timeout, on_progress
             )
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watcher
             server.stop()
         stats = await sim_call(sims, "/sim/stats")
         result = measure(
             scenario, label, sessions, began, self.args.time_scale, stats, time.monotonic() - wall0
         )
+        result.slots_max = peaks.get("slots")
+        result.active_max = peaks.get("active")
+        result.call_limit_max = peaks.get("call_limit")
+        result.load_average = os.getloadavg()[0]
         self.results.append(result)
         self.log(serving_report.line(result))
         return result
@@ -232,9 +247,28 @@ class Bench:
                 if self.args.only and contender.name not in self.args.only:
                     continue
                 await self.run_one(shape, contender, [sim], count, scenario=label)
+            await self.headroom_clients(shape, sim)
             await self.seed_deadlock(shape, sim)
         finally:
             sim.stop()
+
+    async def headroom_clients(self, shape: str, sim: Proc) -> None:
+        """``auto`` and no cap with more clients on the same backend (``--headroom-clients``).
+        The seed is not run again: it runs 3 sessions whatever the number of clients, so its
+        rate at ``headroom_sessions`` clients (above, same run) is its capacity; with more than
+        ~37 clients it deadlocks (``seed_deadlock``)."""
+        for count in self.args.headroom_clients:
+            if count == self.plan.headroom_sessions:
+                continue
+            label = f"headroom x{count}"
+            self.log(f"\n== {label}: {shape}, {count} sessions, the same backend")
+            for contender in [
+                Contender("auto", "deepresearch", cap="auto"),
+                Contender("no cap", "deepresearch", cap=NO_CAP),
+            ]:
+                if self.args.only and contender.name not in self.args.only:
+                    continue
+                await self.run_one(shape, contender, [sim], count, scenario=label)
 
     async def seed_deadlock(self, shape: str, sim: Proc) -> None:
         """The seed with more clients than its thread pool has threads to spare: blocked
@@ -270,6 +304,26 @@ class Bench:
             sim.stop()
 
 
+async def watch_health(url: str, peaks: dict[str, int]) -> None:
+    """Poll a deepresearch server's ``/health`` (keys are off: details for everyone) and keep
+    the peaks of its session slots, running sessions and backend call limits."""
+
+    def peak(key: str, value: Any) -> None:
+        if isinstance(value, int):
+            peaks[key] = max(peaks.get(key, value), value)
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            with suppress(httpx.HTTPError, ValueError):
+                health = (await client.get(f"{url}/health")).json()
+                peak("slots", health.get("max_concurrent"))
+                peak("active", health.get("active_sessions"))
+                for backend in health.get("llm", {}).get("backends") or []:
+                    if isinstance(backend, dict):
+                        peak("call_limit", backend.get("limit"))
+            await asyncio.sleep(0.25)
+
+
 def write_corpus(path: Path) -> None:
     record = {
         "id": "bench:1",
@@ -286,6 +340,8 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
     plan = QUICK if args.quick else FULL
     if args.headroom_sessions:
         plan = replace(plan, headroom_sessions=args.headroom_sessions, deadlock_sessions=0)
+    if args.headroom_clients:
+        plan = replace(plan, deadlock_sessions=0)
     procs = Processes(workdir)
     write_corpus(workdir / "corpus.jsonl")
     bench = Bench(args, plan, procs)
@@ -317,6 +373,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-headroom", dest="headroom", action="store_false")
     parser.add_argument("--headroom-sessions", type=int, default=None,
                         help="sessions in the headroom burst (default 32)")  # fmt: skip
+    parser.add_argument("--headroom-clients", default="",
+                        help="also run auto and no cap on the headroom backend with these "
+                        "client counts, comma-separated (e.g. 64,96,128)")  # fmt: skip
+    parser.add_argument("--headroom-only", action="store_true",
+                        help="the headroom scenario alone (no shapes or 2 backends)")  # fmt: skip
+    parser.add_argument("--auto-max", type=int, default=None,
+                        help="DEEPRESEARCH_MAX_CONCURRENT_MAX for the servers (default: the "
+                        "caller's environment, else the server's default, 64)")  # fmt: skip
     parser.add_argument("--run-timeout", type=float, default=180.0,
                         help="wall seconds one contender's burst may take")  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH / "results")
@@ -329,6 +393,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown shapes {unknown}; choose from {sorted(workload.SHAPES)}")
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
+    try:
+        args.headroom_clients = [int(c) for c in args.headroom_clients.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--headroom-clients takes whole numbers, comma-separated")
+    if any(c < 1 for c in args.headroom_clients):
+        parser.error("--headroom-clients must be positive")
+    if args.headroom_only:
+        args.shapes, args.two_backends, args.headroom = [], False, True
+    if args.auto_max is not None:
+        # Passed through to every deepresearch server (serving_procs.AUTO_BOUNDS).
+        os.environ["DEEPRESEARCH_MAX_CONCURRENT_MAX"] = str(args.auto_max)
     if args.time_scale is None:
         args.time_scale = 200.0 if args.quick else 60.0
     serving_procs.CONTROL.seconds = max(0.02, 2.0 / args.time_scale)
@@ -356,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "tool_latency": args.tool_latency,
         "wall_seconds": wall,
+        "max_concurrent_max": os.environ.get("DEEPRESEARCH_MAX_CONCURRENT_MAX"),
     }
     (args.out / "serving.json").write_text(
         json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)

@@ -44,7 +44,19 @@ def line(r: ResultLike) -> str:
         f"session p95 {_num(r.session_p95)} s  queue p95 {_num(r.queue_p95)} s  "
         f"kv {_pct(r.kv_usage_mean)}  pre-emptions {r.preemptions}  "
         f"prefix hits {_pct(r.prefix_hit_rate)}  lag {_num(r.lag_max, 1)} s  "
-        f"({r.wall_seconds:.0f} s wall){'  ' + r.note if r.note else ''}"
+        f"backend busy {_pct(getattr(r, 'backend_busy', None))}  "
+        f"({r.wall_seconds:.0f} s wall){_peaks(r)}{'  ' + r.note if r.note else ''}"
+    )
+
+
+def _peaks(r: ResultLike) -> str:
+    """deepresearch's peaks from /health, and the host's load, where measured."""
+    slots = getattr(r, "slots_max", None)
+    if slots is None:
+        return ""
+    return (
+        f"  peak slots {slots}, running {getattr(r, 'active_max', None)}, "
+        f"call limit {getattr(r, 'call_limit_max', None)}; load {getattr(r, 'load_average', 0):.1f}"
     )
 
 

@@ -165,6 +165,13 @@ class Result:
     wall_seconds: float = 0.0
     backends: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
+    # deepresearch only, from its /health polled during the burst: the most session slots
+    # (``max_concurrent``), sessions running at once, and the largest backend call limit.
+    slots_max: int | None = None
+    active_max: int | None = None
+    call_limit_max: int | None = None
+    load_average: float | None = None  # the host's one-minute load at the end of the burst
+    backend_busy: float | None = None  # the share of the burst the backends' engines stepped
 
 
 def measure(
@@ -200,6 +207,8 @@ def measure(
             sum((s["ttft_mean"] or 0) * s["ttft_count"] for s in stats) / counts
         )
     result.lag_max = max(s["lag_max"] for s in stats)
+    if makespan:
+        result.backend_busy = sum(s["busy_seconds"] for s in stats) / (makespan * len(stats))
     result.wall_seconds = wall
     result.backends = [
         {"finished": s["finished"], "generation_tokens": s["generation_tokens"],
