@@ -81,19 +81,19 @@ from deepresearch.events import (
 )
 from deepresearch.events import utc_now as now_utc
 from deepresearch.runtime.admission import QuotaExceeded
-from deepresearch.runtime.deltas import ACCUMULATED, WireView, since_of
+from deepresearch.runtime.deltas import WireView
+from deepresearch.runtime.follower import first_page
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.runtime.metrics import Metrics
+from deepresearch.runtime.queries import StoredSessions
 from deepresearch.runtime.retention import Retention
 from deepresearch.sessions import redis_scripts as scripts
 from deepresearch.sessions.leases import Leases
 from deepresearch.sessions.records import (
     STATUS_BY_TERMINAL_EVENT,
     UNFINISHED,
-    ConversationSummary,
     SessionChanges,
     SessionRecord,
-    SessionStatus,
     StoredEvent,
 )
 from deepresearch.sessions.redis import (
@@ -523,7 +523,7 @@ def node_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class DistributedSessions:
+class DistributedSessions(StoredSessions):
     """The routes' session manager on an API node in distributed mode."""
 
     def __init__(
@@ -798,42 +798,6 @@ class DistributedSessions:
                 return record
             await self.store.tail(sid, record.last_seq, 1.0)
 
-    # -- reading ------------------------------------------------------------------------------
-
-    async def get(self, session_id: str, owner: str | None) -> SessionRecord:
-        record = await self.store.get(session_id)
-        if record is None or (owner is not None and record.owner != owner):
-            raise SessionNotFound(f"no session {session_id}")
-        return record
-
-    async def list_sessions(
-        self,
-        *,
-        limit: int,
-        offset: int,
-        status: SessionStatus | None,
-        owner: str | None,
-    ) -> tuple[list[SessionRecord], int]:
-        return await self.store.list_sessions(
-            limit=limit, offset=offset, status=status, owner=owner
-        )
-
-    async def conversation(self, conversation_id: str, owner: str | None) -> list[SessionRecord]:
-        turns = await self.store.conversation(conversation_id)
-        if not turns or (owner is not None and turns[0].owner != owner):
-            raise SessionNotFound(f"no conversation {conversation_id}")
-        return turns
-
-    async def list_conversations(
-        self, *, limit: int, offset: int, owner: str | None
-    ) -> tuple[list[ConversationSummary], int]:
-        return await self.store.list_conversations(limit=limit, offset=offset, owner=owner)
-
-    async def latest_answered(
-        self, *, owner: str | None, client: str | None
-    ) -> SessionRecord | None:
-        return await self.store.latest_answered(owner=owner, client=client)
-
     # -- following ----------------------------------------------------------------------------
 
     async def follow(
@@ -853,7 +817,7 @@ class DistributedSessions:
         self._watch(session_id)
         try:
             last = after
-            rows = await self._read(view, session_id, after)
+            rows = await first_page(self.store, view, session_id, after)
             while True:
                 for row in rows:
                     for out in view.feed(row):
@@ -886,21 +850,6 @@ class DistributedSessions:
                             return
         finally:
             self._unwatch(session_id)
-
-    async def _read(self, view: WireView, session_id: str, after: int) -> list[StoredEvent]:
-        """The first page after ``after``, ``view`` primed with the earlier rows its
-        streamed text needs (as the local manager does)."""
-        rows = await self.store.events(session_id, after, READ_PAGE)
-        starts = []
-        for kind in ACCUMULATED:
-            first = next((row for row in rows if row.type == kind), None)
-            since = since_of(first) if first is not None else None
-            if since is not None and since <= after:
-                starts.append(since)
-        if starts:
-            earlier = await self.store.events(session_id, min(starts) - 1, after - min(starts) + 1)
-            view.prime([row for row in earlier if row.seq <= after])
-        return rows
 
     # -- watching (on_disconnect across nodes) ------------------------------------------------
 

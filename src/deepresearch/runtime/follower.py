@@ -78,7 +78,7 @@ class Follower:
         view = WireView(session_id, deltas=deltas)
         last = after  # the last row fed to the view
         quiet_since = loop.time()
-        rows = await self._first_page(view, session_id, after)
+        rows = await first_page(self._log, view, session_id, after)
         live = False  # the rows came from a tail that found more: no need to ask
         while True:
             for row in rows:
@@ -118,20 +118,23 @@ class Follower:
                 yield None
                 quiet_since = loop.time()
 
-    async def _first_page(self, view: WireView, session_id: str, after: int) -> list[StoredEvent]:
-        """The first page of rows after ``after``, with ``view`` primed by the earlier
-        rows its streamed text needs (the start of a text cut at ``after``)."""
-        rows = await self._log.events(session_id, after, READ_PAGE)
-        starts = []
-        for kind in ACCUMULATED:
-            first = next((row for row in rows if row.type == kind), None)
-            since = since_of(first) if first is not None else None
-            if since is not None and since <= after:
-                starts.append(since)
-        if starts:
-            earlier = await self._log.events(session_id, min(starts) - 1, after - min(starts) + 1)
-            view.prime([row for row in earlier if row.seq <= after])
-        return rows
+
+async def first_page(
+    log: FollowedLog, view: WireView, session_id: str, after: int
+) -> list[StoredEvent]:
+    """The first page of rows after ``after``, with ``view`` primed by the earlier rows
+    its streamed text needs (the start of a text cut at ``after``)."""
+    rows = await log.events(session_id, after, READ_PAGE)
+    starts = []
+    for kind in ACCUMULATED:
+        first = next((row for row in rows if row.type == kind), None)
+        since = since_of(first) if first is not None else None
+        if since is not None and since <= after:
+            starts.append(since)
+    if starts:
+        earlier = await log.events(session_id, min(starts) - 1, after - min(starts) + 1)
+        view.prime([row for row in earlier if row.seq <= after])
+    return rows
 
 
 # Rows of a live session kept in memory for its followers (a follower further behind

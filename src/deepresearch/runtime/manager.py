@@ -26,6 +26,7 @@ from deepresearch.events import Error, utc_now
 from deepresearch.runtime.admission import Admission, Ticket
 from deepresearch.runtime.follower import READ_PAGE, Follower, LocalTail
 from deepresearch.runtime.metrics import Metrics
+from deepresearch.runtime.queries import StoredSessions
 from deepresearch.runtime.retention import PRUNE_EVERY, Retention
 from deepresearch.runtime.runner import (
     AgentFactory,
@@ -37,10 +38,8 @@ from deepresearch.runtime.runner import (
 from deepresearch.sessions.checkpoints import CheckpointStore
 from deepresearch.sessions.records import (
     UNFINISHED,
-    ConversationSummary,
     SessionChanges,
     SessionRecord,
-    SessionStatus,
     StoredEvent,
 )
 from deepresearch.sessions.store import SessionStore
@@ -129,7 +128,7 @@ class _LiveSession:
         return self.run.tag
 
 
-class SessionManager:
+class SessionManager(StoredSessions):
     def __init__(
         self,
         settings: Settings,
@@ -444,12 +443,6 @@ class SessionManager:
         # interrupt the writing of the terminal event.
         live.run.cancel(reason)
 
-    async def get(self, session_id: str, owner: str | None) -> SessionRecord:
-        record = await self._store.get(session_id)
-        if record is None or (owner is not None and record.owner != owner):
-            raise SessionNotFound(f"no session {session_id}")
-        return self._settled(record)
-
     def _settled(self, record: SessionRecord) -> SessionRecord:
         """The record as it is, though its outcome may not have reached the store yet."""
         pending = self._unsettled.get(record.id)
@@ -465,36 +458,6 @@ class SessionManager:
             error=changes.error,
             last_seq=max(record.last_seq, terminal.seq),
         )
-
-    async def list_sessions(
-        self,
-        *,
-        limit: int,
-        offset: int,
-        status: SessionStatus | None,
-        owner: str | None,
-    ) -> tuple[list[SessionRecord], int]:
-        records, total = await self._store.list_sessions(
-            limit=limit, offset=offset, status=status, owner=owner
-        )
-        return [self._settled(record) for record in records], total
-
-    async def conversation(self, conversation_id: str, owner: str | None) -> list[SessionRecord]:
-        """A conversation's turns, first first; ``SessionNotFound`` if it is not the caller's."""
-        turns = [self._settled(t) for t in await self._store.conversation(conversation_id)]
-        if not turns or (owner is not None and turns[0].owner != owner):
-            raise SessionNotFound(f"no conversation {conversation_id}")
-        return turns
-
-    async def list_conversations(
-        self, *, limit: int, offset: int, owner: str | None
-    ) -> tuple[list[ConversationSummary], int]:
-        return await self._store.list_conversations(limit=limit, offset=offset, owner=owner)
-
-    async def latest_answered(
-        self, *, owner: str | None, client: str | None
-    ) -> SessionRecord | None:
-        return await self._store.latest_answered(owner=owner, client=client)
 
     async def follow(
         self,
