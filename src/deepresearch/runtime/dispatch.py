@@ -67,7 +67,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
-from deepresearch.agent.conversation import Exchange
 from deepresearch.config import Settings
 from deepresearch.errors import ConfigurationError, Overloaded, SessionConflict, SessionNotFound
 from deepresearch.events import (
@@ -85,7 +84,7 @@ from deepresearch.runtime.deltas import WireView
 from deepresearch.runtime.follower import first_page
 from deepresearch.runtime.manager import SessionRequest
 from deepresearch.runtime.metrics import Metrics
-from deepresearch.runtime.queries import StoredSessions
+from deepresearch.runtime.queries import StoredSessions, busy_message
 from deepresearch.runtime.retention import Retention
 from deepresearch.sessions import redis_scripts as scripts
 from deepresearch.sessions.leases import Leases
@@ -497,26 +496,9 @@ class _Waiting:
     position: int = 0  # the last one announced (0: none yet)
 
 
-@dataclass(frozen=True)
-class _Placement:
-    """Where a new session goes: its id, and its conversation when it follows up."""
-
-    session_id: str
-    conversation_id: str | None = None  # None: it starts a conversation of its own
-    turn: int = 1
-    history: tuple[Exchange, ...] = ()
-
-
 def keyed(settings: Settings) -> bool:
     """Sessions have owners (client keys are on): per-key quotas apply."""
     return bool(settings.api_keys or settings.keys_file)
-
-
-def _busy(conversation_id: str | None) -> str:
-    return (
-        f"conversation {conversation_id}: the previous question is still being "
-        "researched; wait for it to end (or cancel it) before asking a follow-up"
-    )
 
 
 def node_name() -> str:
@@ -588,7 +570,7 @@ class DistributedSessions(StoredSessions):
     async def start(self, request: SessionRequest) -> str:
         """Create the session (record and ``session_start``) and enqueue it."""
         self._template.for_request(**request.generation)  # refuse bad settings first
-        place = await self._place(request)
+        place = await self._place(request.session_id, request.owner)
         queue = self._cluster.queue
         try:
             slots = await self._slots()
@@ -619,7 +601,7 @@ class DistributedSessions(StoredSessions):
         try:
             await self.store.create(record, admit=admit)
         except ConversationBusy as exc:
-            raise SessionConflict(_busy(place.conversation_id)) from exc
+            raise SessionConflict(busy_message(place.conversation)) from exc
         except QueueFull as exc:
             raise Overloaded(
                 f"all {slots} slots are busy and the queue is full ({exc.waiting} waiting)",
@@ -667,26 +649,6 @@ class DistributedSessions(StoredSessions):
         question = request.question if self._settings.log_questions else "(question not logged)"
         log.info("[session %s] enqueued: %s", sid[:8], question)
         return sid
-
-    async def _place(self, request: SessionRequest) -> _Placement:
-        asked = request.session_id
-        if asked is None:
-            return _Placement(str(uuid.uuid4()))
-        earlier = await self.store.get(asked)
-        if earlier is None:
-            return _Placement(asked)
-        if request.owner is not None and earlier.owner != request.owner:
-            raise SessionConflict(f"session {asked} already exists")
-        turns = await self.store.conversation(earlier.conversation)
-        # Checked again, atomically, by the create script (two nodes may both pass here).
-        if any(turn.status in UNFINISHED for turn in turns):
-            raise SessionConflict(_busy(earlier.conversation))
-        return _Placement(
-            str(uuid.uuid4()),
-            conversation_id=earlier.conversation,
-            turn=max(turn.turn for turn in turns) + 1,
-            history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
-        )
 
     async def _slots(self) -> int:
         """The cluster's slots (the sum of its live workers'), read at most once a

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -26,7 +25,7 @@ from deepresearch.events import Error, utc_now
 from deepresearch.runtime.admission import Admission, Ticket
 from deepresearch.runtime.follower import READ_PAGE, Follower, LocalTail
 from deepresearch.runtime.metrics import Metrics
-from deepresearch.runtime.queries import StoredSessions
+from deepresearch.runtime.queries import StoredSessions, busy_message
 from deepresearch.runtime.retention import PRUNE_EVERY, Retention
 from deepresearch.runtime.runner import (
     AgentFactory,
@@ -37,7 +36,6 @@ from deepresearch.runtime.runner import (
 )
 from deepresearch.sessions.checkpoints import CheckpointStore
 from deepresearch.sessions.records import (
-    UNFINISHED,
     SessionChanges,
     SessionRecord,
     StoredEvent,
@@ -80,20 +78,6 @@ class SessionRequest:
     # Earlier turns the client sent itself (the OpenAI facade); a stored conversation's
     # turns are used instead when session_id names one.
     history: tuple[Exchange, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """Where a new session goes: its id, and its conversation when it follows up."""
-
-    session_id: str
-    conversation_id: str | None = None  # None: it starts a conversation of its own
-    turn: int = 1
-    history: tuple[Exchange, ...] = ()
-
-    @property
-    def conversation(self) -> str:
-        return self.conversation_id or self.session_id
 
 
 def owner_of(api_key: str | None) -> str | None:
@@ -264,10 +248,14 @@ class SessionManager(StoredSessions):
         """
         # Validate the request's settings before anything is reserved.
         config = self._template.for_request(**request.generation)
-        place = await self._place(request)
+        place = await self._place(request.session_id, request.owner)
         session_id = place.session_id
         if session_id in self._live or place.conversation in self._busy_conversations:
-            raise SessionConflict(self._busy_message(place))
+            raise SessionConflict(
+                busy_message(place.conversation)
+                if place.conversation_id is not None
+                else f"session {session_id} already exists"
+            )
         ticket = self._admission.admit(session_id, request.owner or "")
         self._busy_conversations.add(place.conversation)
         record = SessionRecord(
@@ -386,34 +374,6 @@ class SessionManager(StoredSessions):
             outcome.status,
             outcome.queue_wait,
             run,
-        )
-
-    async def _place(self, request: SessionRequest) -> _Placement:
-        asked = request.session_id
-        if asked is None:
-            return _Placement(str(uuid.uuid4()))
-        earlier = await self._store.get(asked)
-        if earlier is None:
-            return _Placement(asked)
-        if request.owner is not None and earlier.owner != request.owner:
-            raise SessionConflict(f"session {asked} already exists")
-        turns = [self._settled(t) for t in await self._store.conversation(earlier.conversation)]
-        if any(turn.status in UNFINISHED for turn in turns):
-            raise SessionConflict(self._busy_message(_Placement("", earlier.conversation)))
-        return _Placement(
-            str(uuid.uuid4()),
-            conversation_id=earlier.conversation,
-            turn=max(turn.turn for turn in turns) + 1,
-            history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
-        )
-
-    @staticmethod
-    def _busy_message(place: _Placement) -> str:
-        if place.conversation_id is None:
-            return f"session {place.session_id} already exists"
-        return (
-            f"conversation {place.conversation}: the previous question is still being "
-            "researched; wait for it to end (or cancel it) before asking a follow-up"
         )
 
     def _task_done(self, live: _LiveSession) -> None:

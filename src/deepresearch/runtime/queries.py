@@ -5,9 +5,39 @@ owner's session or conversation reads as absent (``SessionNotFound``)."""
 
 from __future__ import annotations
 
-from deepresearch.errors import SessionNotFound
-from deepresearch.sessions.records import ConversationSummary, SessionRecord, SessionStatus
+import uuid
+from dataclasses import dataclass
+
+from deepresearch.agent.conversation import Exchange
+from deepresearch.errors import SessionConflict, SessionNotFound
+from deepresearch.sessions.records import (
+    UNFINISHED,
+    ConversationSummary,
+    SessionRecord,
+    SessionStatus,
+)
 from deepresearch.sessions.store import SessionStore
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new session goes: its id, and its conversation when it follows up."""
+
+    session_id: str
+    conversation_id: str | None = None  # None: it starts a conversation of its own
+    turn: int = 1
+    history: tuple[Exchange, ...] = ()
+
+    @property
+    def conversation(self) -> str:
+        return self.conversation_id or self.session_id
+
+
+def busy_message(conversation_id: str) -> str:
+    return (
+        f"conversation {conversation_id}: the previous question is still being "
+        "researched; wait for it to end (or cancel it) before asking a follow-up"
+    )
 
 
 class StoredSessions:
@@ -56,3 +86,24 @@ class StoredSessions:
         self, *, owner: str | None, client: str | None
     ) -> SessionRecord | None:
         return await self.store.latest_answered(owner=owner, client=client)
+
+    async def _place(self, asked: str | None, owner: str | None) -> Placement:
+        """A ``session_id`` not in use names the new session; the id of an existing
+        session or conversation asks a follow-up in that conversation (the new session
+        gets a fresh id), refused while one of its turns is unfinished."""
+        if asked is None:
+            return Placement(str(uuid.uuid4()))
+        earlier = await self.store.get(asked)
+        if earlier is None:
+            return Placement(asked)
+        if owner is not None and earlier.owner != owner:
+            raise SessionConflict(f"session {asked} already exists")
+        turns = [self._settled(t) for t in await self.store.conversation(earlier.conversation)]
+        if any(turn.status in UNFINISHED for turn in turns):
+            raise SessionConflict(busy_message(earlier.conversation))
+        return Placement(
+            str(uuid.uuid4()),
+            conversation_id=earlier.conversation,
+            turn=max(turn.turn for turn in turns) + 1,
+            history=tuple(Exchange(t.question, t.answer) for t in turns if t.answer),
+        )
