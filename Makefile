@@ -35,8 +35,10 @@ $(STAMP): pyproject.toml
 serve: install
 	$(BIN)/deepresearch serve
 
+# Two test processes, a test file each at a time (its fixtures stay in one process): most
+# tests wait on real servers, browsers and sockets, so two halve the time even on two cores.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src tests bench
