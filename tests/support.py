@@ -105,8 +105,9 @@ def wait_until_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 6
 
 
 @contextmanager
-def server(data_dir: Path, **env: str) -> Iterator[Process]:
-    """``deepresearch serve`` as a real process on a free port."""
+def server(data_dir: Path, wrap: Sequence[str] = (), **env: str) -> Iterator[Process]:
+    """``deepresearch serve`` as a real process on a free port (``wrap``: a command
+    that runs it, e.g. in namespaces of its own)."""
     port = free_port()
     environment = {
         **os.environ,
@@ -118,7 +119,7 @@ def server(data_dir: Path, **env: str) -> Iterator[Process]:
         **env,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deepresearch.cli", "serve"],
+        [*wrap, sys.executable, "-m", "deepresearch.cli", "serve"],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,11 +1,10 @@
-"""A real full disk: the data dir on a small tmpfs, filled while sessions run (needs
-root to mount; elsewhere the store's fault hook test covers the same path)."""
+"""A real full disk: the data dir on a small tmpfs, filled while sessions run, as root
+or not (then in namespaces of the server's own)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import subprocess
 import time
@@ -13,52 +12,75 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support import TERMINAL, Process, collect, server, write_corpus
 
 
-@contextlib.contextmanager
-def small_tmpfs(folder: Path, megabytes: int) -> Iterator[Path]:
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+class SmallDisk:
+    """A small tmpfs at ``folder`` for the server's data dir. As root it is mounted
+    here; otherwise in a user and mount namespace of the server's own (``unshare``:
+    the server runs as its namespace's root, which may mount), and the test reaches
+    it with ``nsenter`` to fill and free it. Either way a real filesystem fills up."""
 
+    def __init__(self, folder: Path, megabytes: int) -> None:
+        self.folder = folder
+        self.options = f"size={megabytes}m,mode=0700"
+        self.root = os.geteuid() == 0
+        self.server_pid: int | None = None
+        self.wrap: list[str] = []  # what the server runs under (as root: nothing)
 
-def fill(filler: Path) -> Path:
-    """Write ``filler`` (made beforehand) until the filesystem is full."""
-    with filler.open("ab", buffering=0) as f:
+    @contextlib.contextmanager
+    def mounted(self) -> Iterator[SmallDisk]:
+        self.folder.mkdir()
+        if not self.root:
+            mount = f'mount -t tmpfs -o {self.options} tmpfs "$0" && exec "$@"'
+            self.wrap = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount]
+            self.wrap.append(str(self.folder))
+            yield self
+            return
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", self.options, "tmpfs", str(self.folder)], check=True
+        )
         try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
+            yield self
+        finally:
+            subprocess.run(["umount", "-l", str(self.folder)], check=False)
+
+    def _shell(self, script: str, path: Path) -> subprocess.CompletedProcess[str]:
+        enter: list[str] = []
+        if not self.root:
+            assert self.server_pid is not None
+            enter = ["nsenter", "--target", str(self.server_pid), "--user", "--mount"]
+        return subprocess.run(
+            [*enter, "sh", "-c", script, str(path)], capture_output=True, text=True, check=False
+        )
+
+    def fill(self, filler: Path) -> None:
+        """Write ``filler`` until the filesystem is full."""
+        filled = self._shell('cat /dev/zero > "$0"', filler)
+        assert "No space left on device" in filled.stderr, filled.stderr
+
+    def free(self, filler: Path) -> None:
+        removed = self._shell('rm "$0"', filler)
+        assert removed.returncode == 0, removed.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_a_data_dir_that_fills_up_mid_run(tmp_path: Path, sim: Process) -> None:
     corpus = write_corpus(tmp_path / "corpus")
+    small = SmallDisk(tmp_path / "disk", 16)
     with (
-        small_tmpfs(tmp_path / "disk", 16) as disk,
+        small.mounted(),
         server(
-            disk / "data",
+            small.folder / "data",
+            small.wrap,
             DEEPRESEARCH_CORPUS=str(corpus),
             DEEPRESEARCH_LLM_URL=sim.url,
             DEEPRESEARCH_LLM_RETRIES="0",
             DEEPRESEARCH_MAX_CONCURRENT="4",
         ) as process,
     ):
-        (disk / "filler").touch()
+        small.server_pid = process.proc.pid
+        filler = small.folder / "filler"
         async with httpx.AsyncClient(base_url=process.url, timeout=60) as client:
             bodies = [
                 {
@@ -75,7 +97,7 @@ async def test_a_data_dir_that_fills_up_mid_run(tmp_path: Path, sim: Process) ->
             while (await client.get("/health")).json()["active_sessions"] < 4:
                 assert time.monotonic() < deadline, "the sessions never started"
                 await asyncio.sleep(0.02)  # polling a condition with a deadline
-            filler = fill(disk / "filler")
+            small.fill(filler)
             while_full = await client.post("/chat", json={"question": "tok-full"})
             assert while_full.status_code in {200, 503}, while_full.text
             results = await asyncio.wait_for(asyncio.gather(*runs), timeout=120)
@@ -89,7 +111,7 @@ async def test_a_data_dir_that_fills_up_mid_run(tmp_path: Path, sim: Process) ->
                 assert record["status"] not in {"queued", "processing"}, record
             assert (await client.get("/health")).status_code == 200
 
-            filler.unlink()  # space returns: no restart needed
+            small.free(filler)  # space returns: no restart needed
             deadline = time.monotonic() + 30
             while True:
                 again = await client.post("/chat", json={"question": "tok-after"})
