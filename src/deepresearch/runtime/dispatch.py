@@ -578,17 +578,7 @@ class DistributedSessions(StoredSessions):
             raise Overloaded(
                 "the session queue is unreachable just now", retry_after=STORE_RETRY_AFTER
             ) from exc
-        record = SessionRecord(
-            id=place.session_id,
-            question=request.question,
-            status="queued",
-            created_at=now_utc(),
-            owner=request.owner,
-            on_disconnect=request.on_disconnect,
-            conversation_id=place.conversation_id,
-            turn=place.turn,
-            client=request.client,
-        )
+        record = place.record(request)
         sid = record.id
         start = SessionStart(session_id=sid, question=request.question, content=sid)
         settings = self._settings

@@ -258,17 +258,7 @@ class SessionManager(StoredSessions):
             )
         ticket = self._admission.admit(session_id, request.owner or "")
         self._busy_conversations.add(place.conversation)
-        record = SessionRecord(
-            id=session_id,
-            question=request.question,
-            status="queued",
-            created_at=utc_now(),
-            owner=request.owner,
-            on_disconnect=request.on_disconnect,
-            conversation_id=place.conversation_id,
-            turn=place.turn,
-            client=request.client,
-        )
+        record = place.record(request)
         # Live before its record is written: a DELETE that arrives meanwhile finds it
         # (and waits for it) instead of finding a queued record with nothing behind it.
         live = self._live_session(record, ticket, config, place.history or request.history)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deepresearch.agent.conversation import Exchange
 from deepresearch.errors import SessionConflict, SessionNotFound
+from deepresearch.events import utc_now
 from deepresearch.sessions.records import (
     UNFINISHED,
     ConversationSummary,
@@ -17,6 +19,9 @@ from deepresearch.sessions.records import (
     SessionStatus,
 )
 from deepresearch.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    from deepresearch.runtime.manager import SessionRequest
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,20 @@ class Placement:
     @property
     def conversation(self) -> str:
         return self.conversation_id or self.session_id
+
+    def record(self, request: SessionRequest) -> SessionRecord:
+        """The new session's record, queued as of now."""
+        return SessionRecord(
+            id=self.session_id,
+            question=request.question,
+            status="queued",
+            created_at=utc_now(),
+            owner=request.owner,
+            on_disconnect=request.on_disconnect,
+            conversation_id=self.conversation_id,
+            turn=self.turn,
+            client=request.client,
+        )
 
 
 def busy_message(conversation_id: str) -> str:
