@@ -6,6 +6,7 @@ owner's session or conversation reads as absent (``SessionNotFound``)."""
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,13 +60,14 @@ def busy_message(conversation_id: str) -> str:
     )
 
 
-class StoredSessions:
+class StoredSessions(ABC):
     """Reads through ``store``; ``_settled`` lets a subclass show outcomes it holds
     that the store has not taken yet."""
 
     @property
+    @abstractmethod
     def store(self) -> SessionStore:
-        raise NotImplementedError
+        """The store every read goes through."""
 
     def _settled(self, record: SessionRecord) -> SessionRecord:
         return record
