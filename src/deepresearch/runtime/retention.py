@@ -5,12 +5,12 @@ the store's ``prune``), once at start-up and then every ``PRUNE_EVERY`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from deepresearch.events import utc_now
+from deepresearch.tasks import stop_task
 
 log = logging.getLogger("deepresearch.sessions")
 
@@ -53,9 +53,7 @@ class Retention:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def _forever(self) -> None:

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Protocol
 
 from deepresearch.errors import LeaseLost
+from deepresearch.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,7 @@ class Heartbeat:
         traceback: TracebackType | None,
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         if self._release and not self.lost.is_set():
             with contextlib.suppress(Exception):  # it lapses by itself if this fails
                 await self._leases.release(self.session_id, self.token)

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from deepresearch.sessions.records import StoredEvent
 from deepresearch.sessions.redis import TAIL_COUNT, RedisSessionStore, stream_event
+from deepresearch.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,7 @@ class TailHub:
         traceback: TracebackType | None,
     ) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await stop_task(self._reader)
             self._reader = None
         if self._connection is not None:
             await self._connection.aclose()
