@@ -1,11 +1,12 @@
 """When saq gives a session's job up, the session ends with one terminal event; when
 saq has not given it up (a user's abort, a sweep with attempts left), nothing is
-written. In-process against a real Redis: saq's ``finish`` called as its worker and
-its sweep call it."""
+written; a second delivery of a running job leaves the job to its runner. In-process
+against a real Redis: saq's ``finish`` and ``sweep`` called as its workers call them."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,13 @@ from saq.job import Job, Status
 
 from deepresearch.config import Settings
 from deepresearch.events import SessionStart
-from deepresearch.runtime.dispatch import QUEUE_FUNCTION, SWEPT, Cluster
+from deepresearch.runtime.dispatch import (
+    ABORT_WAIT,
+    HELD_ELSEWHERE,
+    QUEUE_FUNCTION,
+    SWEPT,
+    Cluster,
+)
 from deepresearch.sessions import StoredEvent
 from tests.redis_server import RedisServer
 from tests.sessions.conformance import record
@@ -93,3 +100,75 @@ async def test_a_users_abort_or_a_sweep_with_attempts_left_is_not_giving_up(
         found = await cluster.store.get(sid)
         assert found is not None and found.status == "processing"
         assert len(await cluster.store.events(sid, 0, 100)) == 1
+
+
+async def running(cluster: Cluster, sid: str) -> Job:
+    """A session's job as a worker runs it: taken from the queue, attempt 1, active."""
+    await cluster.store.create(record(sid, status="processing"))
+    await cluster.queue.enqueue(QUEUE_FUNCTION, key=sid, session_id=sid, retries=3, heartbeat=1)
+    job = await cluster.queue.dequeue(timeout=1)
+    assert job is not None and job.key == sid
+    job.attempts = 1
+    await job.update(status=Status.ACTIVE)
+    return job
+
+
+async def places_in_active(cluster: Cluster, job: Job) -> int:
+    active = await cluster.queue.redis.lrange(cluster.queue._active, 0, -1)
+    return active.count(job.id.encode())
+
+
+async def stop_beating(cluster: Cluster, job: Job) -> None:
+    """As if the job's worker died: its last touch long past the heartbeat."""
+    job.touched = int(time.time() * 1000) - 60_000
+    await cluster.queue.redis.set(job.id, cluster.queue.serialize(job))
+
+
+async def test_a_second_delivery_leaves_the_running_job_to_its_runner(cluster: Cluster) -> None:
+    """At-least-once delivered a running session's job again; the second delivery found
+    the lease held and returns ``HELD_ELSEWHERE``. The job stays active with one place
+    in the active list, so the runner's death is still swept and re-queued."""
+    job = await running(cluster, "s-twice")
+    await cluster.queue.redis.rpush(cluster.queue._queued, job.id)  # delivered again
+    second = await cluster.queue.dequeue(timeout=1)
+    assert second is not None and second.key == "s-twice"
+    assert await places_in_active(cluster, job) == 2
+
+    await cluster.queue.finish(second, Status.COMPLETE, result=HELD_ELSEWHERE)
+    assert await places_in_active(cluster, job) == 1
+    stored = await cluster.queue.job("s-twice")
+    assert stored is not None and stored.status == Status.ACTIVE
+
+    await stop_beating(cluster, job)
+    assert await cluster.queue.sweep(lock=1) == [job.id]
+    requeued = await cluster.queue.job("s-twice")
+    assert requeued is not None and requeued.status == Status.QUEUED
+    found = await cluster.store.get("s-twice")
+    assert found is not None and found.status == "processing"
+
+
+async def test_a_held_elsewhere_run_with_a_single_place_keeps_it(cluster: Cluster) -> None:
+    """A run that lost its lease to the next attempt returns ``HELD_ELSEWHERE`` too; the
+    job's only place in the active list is the new attempt's and stays."""
+    job = await running(cluster, "s-stale")
+    await cluster.queue.finish(job, Status.COMPLETE, result=HELD_ELSEWHERE)
+    assert await places_in_active(cluster, job) == 1
+
+
+async def test_the_sweep_waits_a_moment_not_saqs_five_seconds_per_job(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """saq's worker calls ``sweep(lock)`` and saq would wait 5 s for each swept job's
+    abort, one after another; ours waits ``ABORT_WAIT``."""
+    waits: list[float | None] = []
+    refresh = Job.refresh
+
+    async def recording(self: Job, until_complete: float | None = None) -> None:
+        waits.append(until_complete)
+        await refresh(self, until_complete)
+
+    monkeypatch.setattr(Job, "refresh", recording)
+    job = await running(cluster, "s-dead")
+    await stop_beating(cluster, job)
+    assert await cluster.queue.sweep(1) == [job.id]
+    assert waits == [ABORT_WAIT]

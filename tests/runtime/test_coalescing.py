@@ -25,7 +25,7 @@ PIECE = "metformin first; "
 
 
 class Batches(Fenced):
-    """The real store, remembering the event types of each append."""
+    """The real store, remembering the event types of each append that stored."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -39,8 +39,15 @@ class Batches(Fenced):
         *,
         lease: str | None = None,
     ) -> None:
-        await super().append(session_id, events, changes, lease=lease)
-        self.batches.append([row.type for row in events])
+        # Recorded before the write: a follower woken by the write may look at once.
+        batch = [row.type for row in events]
+        self.batches.append(batch)
+        try:
+            await super().append(session_id, events, changes, lease=lease)
+        except BaseException:
+            if self.batches and self.batches[-1] is batch:
+                self.batches.pop()
+            raise
 
 
 @pytest.fixture

@@ -114,6 +114,10 @@ SWEPT = "swept"
 JOB_TTL = 3600
 # The sweep waits this long for a swept job's abort to be acknowledged (see Timings).
 ABORT_WAIT = 0.1
+# What a job's run returns when the session was not its delivery's to run: another
+# worker holds the lease (at-least-once delivered the job twice, or this worker lost
+# the lease to the attempt after it). saq must not finish the job: it is that worker's.
+HELD_ELSEWHERE = "held elsewhere"
 # A node holds a session's lease this long at most, to write one event.
 NODE_LEASE = 2.0
 # Queue positions are read and announced at most this often.
@@ -206,6 +210,7 @@ class SessionQueue(RedisQueue):
         self._running_per_key = running_per_key
         self._take = redis.register_script(scripts.TAKE)
         self._plan = redis.register_script(scripts.PLAN)
+        self._leave = redis.register_script(scripts.LEAVE_ACTIVE)
         # Told when saq gives a job up for good (see ``finish``).
         self.on_given_up: Callable[[Job], Awaitable[None]] | None = None
         # A worker with an adaptive limit passes this gate (room for one more) to
@@ -220,6 +225,9 @@ class SessionQueue(RedisQueue):
             self._active,
             self._running_per_key,
         ]
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        return await super().sweep(lock, abort=min(abort, self._abort_wait))
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         if self.gate is None:
@@ -258,7 +266,15 @@ class SessionQueue(RedisQueue):
         """saq's finish, and when that gives a session's job up (its last attempt
         failed, or its worker died with no attempt left: swept, not retryable), the
         session is ended too: nobody will run it again. A user's abort is not giving
-        up: the node that asked for it writes the ending."""
+        up: the node that asked for it writes the ending.
+
+        A delivery whose run found the session held elsewhere finishes nothing: the
+        job's record belongs to the worker running it (whose beat keeps it touched, so
+        that its death is swept). Only this delivery's extra place in the active list
+        goes."""
+        if status == Status.COMPLETE and result == HELD_ELSEWHERE:
+            await self._leave(keys=[self._active], args=[job.id], client=self.redis)
+            return
         await super().finish(job, status, result=result, error=error, **kwargs)
         # (A swept job with attempts left is re-queued by the sweep; a worker may still
         # report that attempt aborted as "swept" if it saw the sweep's abort.)

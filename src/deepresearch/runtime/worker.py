@@ -45,6 +45,7 @@ from deepresearch.errors import LeaseLost, SessionFailure
 from deepresearch.events import Cancelled
 from deepresearch.runtime.dispatch import (
     ATTACH_WINDOW,
+    HELD_ELSEWHERE,
     QUEUE_FUNCTION,
     Cluster,
     DistributedSessions,
@@ -192,7 +193,7 @@ class SessionWorker:
         token = f"{self.name}:{uuid.uuid4().hex[:12]}"
         if not await take_lease(cluster.leases, sid, token, cluster.timings.lease_ttl):
             log.warning("%s another worker holds it and keeps it alive: not run twice", tag)
-            return "held elsewhere"
+            return HELD_ELSEWHERE
         lost = asyncio.Event()
         try:
             record = await cluster.store.get(sid)
@@ -237,8 +238,7 @@ class SessionWorker:
                 self._sessions.running_owners.pop(sid, None)
                 self._room.set()
             if outcome.lease_lost:
-                await self._after_lost_lease(sid)
-                return "lease lost"
+                return await self._after_lost_lease(sid)
             if outcome.terminal is not None and not outcome.stored:
                 # Redis did not take the end (it is away): saq retries the job (its
                 # sweep does, once Redis is back) and the session resumes from its
@@ -250,18 +250,20 @@ class SessionWorker:
                 with contextlib.suppress(Exception):
                     await cluster.leases.release(sid, token)
 
-    async def _after_lost_lease(self, sid: str) -> None:
+    async def _after_lost_lease(self, sid: str) -> str:
         """The run stopped because its lease was lost. If another worker holds it now,
-        that one runs the session. If nobody does (the lease lapsed while Redis was
-        unreachable), raise: saq then retries the job (or, if Redis is still away,
-        its sweep re-queues it later) and the session resumes from its checkpoint
-        instead of staying ``processing`` with no job behind it."""
+        that one runs the session (and owns its job: ``HELD_ELSEWHERE``). If nobody
+        does (the lease lapsed while Redis was unreachable), raise: saq then retries
+        the job (or, if Redis is still away, its sweep re-queues it later) and the
+        session resumes from its checkpoint instead of staying ``processing`` with no
+        job behind it."""
         cluster = self._cluster
         record = await cluster.store.get(sid)
         if record is None or record.status not in UNFINISHED:
-            return
+            return "ended"
         if await cluster.leases.holder(sid) is None:
             raise LeaseLost(f"session {sid}: lease lapsed with nobody holding it; run it again")
+        return HELD_ELSEWHERE
 
     async def _beat(
         self, job: Job, run: SessionRun, record: SessionRecord, token: str, lost: asyncio.Event

@@ -441,3 +441,13 @@ end
 return order
 """
 )
+
+# A second delivery of a job leaves saq's active list: one of the job's places there
+# goes, only if it has more than one (the running delivery's stays, so a sweep still
+# finds the job if that worker dies). KEYS: active list; ARGV: job id.
+LEAVE_ACTIVE = """
+if #redis.call('LPOS', KEYS[1], ARGV[1], 'COUNT', 2) > 1 then
+  return redis.call('LREM', KEYS[1], 1, ARGV[1])
+end
+return 0
+"""
