@@ -203,7 +203,10 @@ class SessionWorker:
             if reason is not None:
                 await cluster.end_leased(sid, Cancelled(session_id=sid, content=reason), token)
                 return "cancelled"
-            config = self._settings.agent_template().for_request(**(generation or {}))
+            # The record keeps the request's settings (a job enqueued by an older node
+            # carries them alone).
+            chosen = {**(generation or {}), **record.generation}
+            config = self._settings.agent_template().for_request(**chosen)
             assert self._services.agent_factory is not None
 
             async def why_cancelled() -> str | None:
