@@ -358,30 +358,38 @@ async def open_services(
             role=role,
             agent_factory=make_agent,
         )
-        if role == "api":
-            # Sessions run on the workers: no index, sandbox, search sources or tools
-            # here (so a node starts at once, with no corpus).
-            services.index_state.ready.set()
-            await manager.open()
-            stack.push_async_callback(manager.close)
-            _background(stack, capacity.run(), "capacity")
-            yield services
-            return
-        if services.sandbox.scratch_root is not None:
-            stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
-        if await services.sandbox.check():
-            log.info("PythonInterpreter available: %s", services.sandbox.describe())
-        else:
-            log.warning("PythonInterpreter disabled: no sandbox here (%s)", services.sandbox.reason)
-        services.search_backends = await choose_search_backends(
-            settings, index, services.index_state, client
-        )
-        services.tools = tools_factory(services)
+        runs_sessions = role != "api"  # an API node's workers do (see the docstring)
+        if runs_sessions:
+            await _prepare_to_run(services, tools_factory, client, stack)
         await manager.open()
         stack.push_async_callback(manager.close)
         _background(stack, capacity.run(), "capacity")
-        services.index_state.building = True  # until the first build has finished
-        builder = _background(stack, build_index(services), "index build")
-        if not index_in_background:
-            await builder
+        if runs_sessions:
+            services.index_state.building = True  # until the first build has finished
+            builder = _background(stack, build_index(services), "index build")
+            if not index_in_background:
+                await builder
+        else:  # no index here: nothing to wait for
+            services.index_state.ready.set()
         yield services
+
+
+async def _prepare_to_run(
+    services: Services,
+    tools_factory: ToolsFactory,
+    client: httpx.AsyncClient,
+    stack: AsyncExitStack,
+) -> None:
+    """What running sessions needs: the sandbox checked, the search backends chosen
+    (live sources probed), the tools made."""
+    sandbox = services.sandbox
+    if sandbox.scratch_root is not None:
+        stack.callback(shutil.rmtree, sandbox.scratch_root, True)
+    if await sandbox.check():
+        log.info("PythonInterpreter available: %s", sandbox.describe())
+    else:
+        log.warning("PythonInterpreter disabled: no sandbox here (%s)", sandbox.reason)
+    services.search_backends = await choose_search_backends(
+        services.settings, services.index, services.index_state, client
+    )
+    services.tools = tools_factory(services)
