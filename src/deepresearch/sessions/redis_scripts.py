@@ -13,6 +13,7 @@ Keys (``p`` is the store's prefix, ``deepresearch`` by default):
 - ``p:conversations`` and ``p:conversations:owner:<o>``: conversation ids by latest question
 - ``p:expiring``           sorted set: finished conversations by retention deadline (ms)
 - ``p:worker:<name>``, ``p:workers``: worker heartbeats (``redis_workers.py``)
+- ``p:served``, ``p:served:clock``: owners' last services, for fair order (``FAIR``)
 
 Every write that touches more than one key is one script, so it is atomic: a
 reader never sees an event without its record change, nor a session in two
