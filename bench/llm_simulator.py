@@ -25,7 +25,10 @@ question without it (as a model would: a test's session token is no search term)
 Usage: python bench/llm_simulator.py --host 127.0.0.1 --port 0 [--token-delay-ms 0]
        [--model sim-model] [--chunk-chars 8]
 
-It prints ``LISTENING http://HOST:PORT/v1`` once it accepts connections.
+It prints ``LISTENING http://HOST:PORT/v1`` once it accepts connections. ``GET /stats``
+counts requests (in flight, at most at once, in all) and keeps, per conversation (its
+``tok-`` marker), the sampling settings of each request (``asked``); ``POST
+/stats/reset`` starts them again.
 """
 
 from __future__ import annotations
@@ -242,11 +245,25 @@ def pieces(text: str, size: int) -> list[str]:
 # --------------------------------------------------------------------------- server state
 
 
+# How many conversations /stats keeps the sampling settings of (the latest ones).
+ASKED_CONVERSATIONS = 1000
+SAMPLING = ("temperature", "top_p", "presence_penalty", "max_tokens")
+
+
 @dataclass
 class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     requests: int = 0
+    # Per conversation (its tok- marker): the sampling settings of each request, in order.
+    asked: dict[str, list[dict[str, float | int | None]]] = field(default_factory=dict)
+
+    def ask(self, conversation: str, request: ChatRequest) -> None:
+        self.asked.setdefault(conversation, []).append(
+            {name: getattr(request, name) for name in SAMPLING}
+        )
+        while len(self.asked) > ASKED_CONVERSATIONS:
+            del self.asked[next(iter(self.asked))]
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -261,12 +278,14 @@ class Stats:
     def reset(self) -> None:
         self.max_in_flight = self.in_flight
         self.requests = 0
+        self.asked.clear()
 
-    def as_json(self) -> dict[str, int]:
+    def as_json(self) -> dict[str, Any]:
         return {
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "requests": self.requests,
+            "asked": self.asked,
         }
 
 
@@ -359,6 +378,7 @@ class ChatCompletions:
             err = _error_body("messages must contain a user message", "BadRequestError", 400)
             await _send_json(send, 400, err)
             return
+        self.state.stats.ask(question_token(conv.question), request)
         directives = parse_directives(conv.question)
         if directives.error or self._fail_once(conv, directives):
             err = _error_body("simulated failure", "InternalServerError", 500)

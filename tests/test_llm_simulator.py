@@ -259,7 +259,7 @@ async def test_max_in_flight_counts_concurrent_requests(
 ) -> None:
     await wait_for_stats(client, sim, "in_flight", 0)
     reset = await client.post(f"{sim.base}/stats/reset")
-    assert reset.json() == {"in_flight": 0, "max_in_flight": 0, "requests": 0}
+    assert reset.json() == {"in_flight": 0, "max_in_flight": 0, "requests": 0, "asked": {}}
 
     url = f"{sim.v1}/chat/completions"
     bodies = [chat_body(f"tok-C{i} [sim:slow=30]", stream=True) for i in range(5)]
@@ -269,7 +269,9 @@ async def test_max_in_flight_counts_concurrent_requests(
 
     assert all("<tool_call>" in streamed_text(events) for events in results)
     stats = (await client.get(f"{sim.base}/stats")).json()
-    assert stats == {"in_flight": 0, "max_in_flight": 5, "requests": 5}
+    counts = {key: stats[key] for key in ("in_flight", "max_in_flight", "requests")}
+    assert counts == {"in_flight": 0, "max_in_flight": 5, "requests": 5}
+    assert sorted(stats["asked"]) == [f"tok-C{i}" for i in range(5)]
     # ~14 pieces at 30 ms each: overlapping requests take about as long as one, not five.
     assert 0.3 < elapsed < 2.0
 
@@ -287,3 +289,18 @@ async def test_tokenize_counts_prompt_and_messages(
     )
     assert by_messages.status_code == 200
     assert by_messages.json()["count"] > 100
+
+
+async def test_stats_record_each_conversations_sampling_settings(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    body = chat_body("tok-Sampled what is it?") | {"temperature": 0.1, "max_tokens": 321}
+    (await client.post(f"{sim.v1}/chat/completions", json=body)).raise_for_status()
+    (
+        await client.post(f"{sim.v1}/chat/completions", json=chat_body("tok-Sampled again"))
+    ).raise_for_status()
+    asked = (await client.get(f"{sim.base}/stats")).json()["asked"]["tok-Sampled"]
+    assert asked == [
+        {"temperature": 0.1, "top_p": 0.95, "presence_penalty": 1.1, "max_tokens": 321},
+        {"temperature": 0.6, "top_p": 0.95, "presence_penalty": 1.1, "max_tokens": 1000},
+    ]

@@ -1,14 +1,16 @@
-"""Choosing the search backends, and the tools a server offers."""
+"""Choosing the search backends, the tools a server offers, and a process's role."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
+import pytest
 
 from deepresearch.config import Settings
+from deepresearch.errors import ConfigurationError
 from deepresearch.search import EvidenceIndex
-from deepresearch.services import IndexState, choose_search_backends, open_services
+from deepresearch.services import IndexState, choose_search_backends, open_services, role_for
 from tests.support import write_corpus
 
 
@@ -60,3 +62,19 @@ async def test_the_server_offers_the_trained_tool_names(tmp_path: Path) -> None:
             "PythonInterpreter",
             "parse_file",
         }
+
+
+async def test_a_cluster_role_needs_the_redis_url(tmp_path: Path) -> None:
+    for role in ("api", "worker"):
+        with pytest.raises(ConfigurationError, match="DEEPRESEARCH_REDIS_URL"):
+            async with open_services(settings(tmp_path), role=role):  # type: ignore[arg-type]
+                pass
+
+
+def test_a_server_is_an_api_node_with_a_cluster_unless_it_keeps_its_own_store(
+    tmp_path: Path,
+) -> None:
+    clustered = settings(tmp_path, redis_url="redis://127.0.0.1:1/0")
+    assert role_for(settings(tmp_path)) == "single"
+    assert role_for(clustered) == "api"
+    assert role_for(clustered, store_dir=tmp_path) == "single"  # `ask`

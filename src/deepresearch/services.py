@@ -2,6 +2,12 @@
 
 No resource exists before ``open_services`` is entered and none survives it:
 the server's lifespan and the CLI both use this one assembly.
+
+Its ``role`` says what the process does with sessions: ``single`` runs them itself
+(the default process, and ``ask``); ``api`` (``serve`` in distributed mode) admits,
+enqueues and streams them, so it neither builds the evidence index, checks the
+sandbox, probes search sources nor makes tools: its workers do, and its ``/health``
+reports theirs; ``worker`` runs the sessions a cluster's API nodes enqueue.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -21,6 +27,7 @@ from deepresearch.agent import Agent, EvidenceDigestAgent, ReactAgent
 from deepresearch.agent.base import AgentState, RoundHook
 from deepresearch.agent.conversation import Exchange
 from deepresearch.config import AgentTemplate, Settings
+from deepresearch.errors import ConfigurationError
 from deepresearch.llm import ChatModel, OpenAICompatibleModel, RetryingModel
 from deepresearch.llm.pool import BackendPool
 from deepresearch.llm.retry import RetryPolicy
@@ -49,6 +56,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("deepresearch")
 
 ToolsFactory = Callable[["Services"], Mapping[str, Tool]]
+
+# What a process does with sessions (see the module's docstring).
+Role = Literal["single", "api", "worker"]
+# An API node's sandbox: it runs no code (its /health reports the workers').
+API_NODE_RUNS_NO_CODE = "an API node runs no code: its workers do"
 
 
 @dataclass
@@ -96,6 +108,7 @@ class Services:
     search_backends: list[SearchBackend] = field(default_factory=list)
     tools: Mapping[str, Tool] = field(default_factory=dict)
     cluster: Cluster | None = None  # distributed mode: the shared Redis parts
+    role: Role = "single"
     # Builds a session's agent: (session_id, config, history=...) -> Agent.
     agent_factory: Callable[..., Agent] | None = None
 
@@ -233,16 +246,29 @@ def _background(
     return task
 
 
+def role_for(settings: Settings, store_dir: Path | None = None) -> Role:
+    """A server's role by default: an API node when a cluster is configured, unless the
+    process keeps a store of its own (``ask``: it runs its session itself)."""
+    return "api" if settings.distributed and store_dir is None else "single"
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings,
     *,
+    role: Role | None = None,
     tools_factory: ToolsFactory = default_tools,
     model: ChatModel | None = None,
     index_in_background: bool = True,
     store_dir: Path | None = None,
 ) -> AsyncIterator[Services]:
-    """``store_dir``: keep the session store there instead of in the data dir."""
+    """``role``: see the module's docstring (by default ``role_for``). ``store_dir``:
+    keep the session store there instead of in the data dir (``single`` only)."""
+    role = role or role_for(settings, store_dir)
+    if role != "single" and not settings.distributed:
+        raise ConfigurationError(
+            f"DEEPRESEARCH_REDIS_URL: the {role} role shares sessions through Redis; set it"
+        )
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # Sessions hold people's questions; and sandboxed code runs as another user.
@@ -250,9 +276,7 @@ async def open_services(
         client = await stack.enter_async_context(httpx.AsyncClient())
         page_client = await stack.enter_async_context(guarded_client())
         cluster: Cluster | None = None
-        # A store of its own (`ask`) means this process runs its session itself, even
-        # where DEEPRESEARCH_REDIS_URL points the servers at a cluster.
-        if settings.distributed and store_dir is None:
+        if role != "single":
             from deepresearch.runtime.dispatch import Cluster
 
             cluster = Cluster(settings)
@@ -325,25 +349,47 @@ async def open_services(
             pool=pool,
             capacity=capacity,
             page_client=page_client,
-            sandbox=unprivileged_sandbox(allow_same_user=settings.python_same_user),
+            sandbox=(
+                Sandbox(refused=API_NODE_RUNS_NO_CODE)
+                if role == "api"
+                else unprivileged_sandbox(allow_same_user=settings.python_same_user)
+            ),
             cluster=cluster,
+            role=role,
             agent_factory=make_agent,
         )
-        if services.sandbox.scratch_root is not None:
-            stack.callback(shutil.rmtree, services.sandbox.scratch_root, True)
-        if await services.sandbox.check():
-            log.info("PythonInterpreter available: %s", services.sandbox.describe())
-        else:
-            log.warning("PythonInterpreter disabled: no sandbox here (%s)", services.sandbox.reason)
-        services.search_backends = await choose_search_backends(
-            settings, index, services.index_state, client
-        )
-        services.tools = tools_factory(services)
+        runs_sessions = role != "api"  # an API node's workers do (see the docstring)
+        if runs_sessions:
+            await _prepare_to_run(services, tools_factory, client, stack)
         await manager.open()
         stack.push_async_callback(manager.close)
         _background(stack, capacity.run(), "capacity")
-        services.index_state.building = True  # until the first build has finished
-        builder = _background(stack, build_index(services), "index build")
-        if not index_in_background:
-            await builder
+        if runs_sessions:
+            services.index_state.building = True  # until the first build has finished
+            builder = _background(stack, build_index(services), "index build")
+            if not index_in_background:
+                await builder
+        else:  # no index here: nothing to wait for
+            services.index_state.ready.set()
         yield services
+
+
+async def _prepare_to_run(
+    services: Services,
+    tools_factory: ToolsFactory,
+    client: httpx.AsyncClient,
+    stack: AsyncExitStack,
+) -> None:
+    """What running sessions needs: the sandbox checked, the search backends chosen
+    (live sources probed), the tools made."""
+    sandbox = services.sandbox
+    if sandbox.scratch_root is not None:
+        stack.callback(shutil.rmtree, sandbox.scratch_root, True)
+    if await sandbox.check():
+        log.info("PythonInterpreter available: %s", sandbox.describe())
+    else:
+        log.warning("PythonInterpreter disabled: no sandbox here (%s)", sandbox.reason)
+    services.search_backends = await choose_search_backends(
+        services.settings, services.index, services.index_state, client
+    )
+    services.tools = tools_factory(services)

@@ -50,6 +50,7 @@ class Cluster:
             "DEEPRESEARCH_SHUTDOWN_GRACE": "2",
         }
         self.nodes: list[Process] = []
+        self.node_dirs: list[Path] = []  # each node's data dir, as started
         self.workers: list[subprocess.Popen[str]] = []
         self._count = 0
 
@@ -70,6 +71,7 @@ class Cluster:
             "DEEPRESEARCH_PORT": str(port),
             **env,
         }
+        self.node_dirs.append(Path(environment["DEEPRESEARCH_DATA_DIR"]))
         with self._log("node") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "deepresearch.cli", "serve"],
@@ -83,8 +85,8 @@ class Cluster:
         wait_until_healthy(node.url, proc)
         return node
 
-    def start_worker(self) -> subprocess.Popen[str]:
-        environment = {**self.env, "DEEPRESEARCH_DATA_DIR": self._data_dir("worker")}
+    def start_worker(self, **env: str) -> subprocess.Popen[str]:
+        environment = {**self.env, "DEEPRESEARCH_DATA_DIR": self._data_dir("worker"), **env}
         with self._log("worker") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "deepresearch.cli", "worker"],

@@ -223,6 +223,36 @@ async def test_a_killed_workers_sessions_resume_on_the_other_from_their_last_rou
     cluster.wait_for_workers(2)
 
 
+async def test_a_worker_killed_in_the_first_round_resumes_with_the_requests_settings(
+    cluster: Cluster, llm: Process
+) -> None:
+    """No checkpoint yet: the next worker runs the session with the request's own
+    generation settings (kept on the record), as the simulator records them."""
+    marker = "tok-firstround"
+    chosen = {"temperature": 0.3, "max_tokens": 999}
+    async with httpx.AsyncClient(base_url=cluster.nodes[0].url, timeout=60) as a:
+        body = {"question": f"{marker} [sim:rounds=1] [sim:slow=40]", **chosen}
+        reader = Reader(a, "POST", "/chat/stream", json=body)
+        await reader.until(lambda e: e.type == "thinking")  # round 1 is being asked
+        holder = cluster.lease_holder(reader.session_id)
+        assert holder is not None
+        cluster.kill_worker(int(holder.split(":")[1]))
+        stream = await reader.result()
+        one_terminal_last(stream)
+        assert stream.types[-1] == "completed"
+        resumed = next(e for e in stream.events if e.type == "resumed")
+        assert resumed.data["round"] == 0  # no checkpoint to go on from
+        stats = (await a.get(f"{llm.url.removesuffix('/v1')}/stats")).json()
+    asked = stats["asked"][marker]
+    assert len(asked) >= 3  # round 1 before the kill, rounds 1 and 2 after it
+    assert {(each["temperature"], each["max_tokens"]) for each in asked} == {(0.3, 999)}
+    assert (
+        cluster.record(reader.session_id)["generation"] == '{"temperature": 0.3, "max_tokens": 999}'
+    )
+    cluster.start_worker()  # back to two for the tests after this one
+    cluster.wait_for_workers(2)
+
+
 async def test_redis_restarted_mid_run_leaves_nothing_processing(cluster: Cluster) -> None:
     node_a, node_b = (node.url for node in cluster.nodes)
     async with (

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from saq.job import Status
 
@@ -101,3 +101,55 @@ async def test_a_key_at_its_running_quota_waits_while_others_go(
         assert job is not None
         await cluster.queue.finish(job, Status.COMPLETE)
         assert await take(cluster) == "a2"
+
+
+async def served(cluster: Cluster) -> dict[str, str]:
+    """``p:served``: each remembered owner's last service (a counter)."""
+    key = f"{cluster.store.keys.prefix}:served"
+    return cast("dict[str, str]", await cluster.store.client.hgetall(key))
+
+
+async def finish(cluster: Cluster, sid: str) -> None:
+    job = await cluster.queue.job(sid)
+    assert job is not None
+    await cluster.queue.finish(job, Status.COMPLETE)
+
+
+async def test_owners_with_nothing_queued_or_running_are_forgotten(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    async with cluster_of(durable_redis, tmp_path, api_keys=["key-for-alice-1"]) as cluster:
+        for minute, (sid, owner) in enumerate([("a1", "alice"), ("b1", "bob"), ("c1", "carol")]):
+            await submit(cluster, sid, owner, minute)
+        assert await takes(cluster, 3) == ["a1", "b1", "c1"]
+        assert set(await served(cluster)) == {"alice", "bob", "carol"}
+        for sid in ("a1", "b1", "c1"):
+            await finish(cluster, sid)
+        # The next take forgets the three: nothing of theirs is queued or running.
+        await submit(cluster, "d1", "dave", 3)
+        assert await take(cluster) == "d1"
+        assert set(await served(cluster)) == {"dave"}
+
+
+async def test_an_idle_owner_served_after_a_waiting_one_is_remembered(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Forgetting Xavier while Yvonne waits (served before him) would let him go first
+    when he comes back; he is kept until every active owner was served after him."""
+    async with cluster_of(
+        durable_redis, tmp_path, api_keys=["key-for-alice-1"], max_running_per_key=1
+    ) as cluster:
+        await submit(cluster, "y1", "yvonne", 0)
+        await submit(cluster, "y2", "yvonne", 1)
+        assert await take(cluster) == "y1"  # y2 waits behind her quota
+        await submit(cluster, "x1", "xavier", 2)
+        assert await take(cluster) == "x1"
+        await finish(cluster, "x1")  # Xavier has nothing queued or running now
+        await submit(cluster, "z1", "zoe", 3)
+        assert await take(cluster) == "z1"
+        assert set(await served(cluster)) == {"xavier", "yvonne", "zoe"}
+        # Yvonne's first ends; Xavier asks again: she was served before him, she goes.
+        await finish(cluster, "y1")
+        await submit(cluster, "x2", "xavier", 4)
+        assert in_order(await cluster.queue.positions()) == ["y2", "x2"]
+        assert await takes(cluster, 2) == ["y2", "x2"]

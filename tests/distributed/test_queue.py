@@ -35,6 +35,13 @@ async def test_queued_sessions_hear_their_positions_and_cancel_cleanly(
     async with httpx.AsyncClient(base_url=node, timeout=30) as client:
         health = (await client.get("/health")).json()
         assert health["workers"] == 0 and health["max_concurrent"] == 0
+        # The node runs no sessions: no index of its own though a corpus is configured
+        # (keys are off: everyone gets the details), and with no worker alive the
+        # cluster has no index and runs no code.
+        assert not (idle_cluster.node_dirs[0] / "index.sqlite").exists()
+        assert health["index"] == {"building": False, "documents": 0, "error": None}
+        assert health["code_execution"] is False
+        assert health["code_execution_reason"] == "no worker is alive"
 
         first = await collect(
             client,

@@ -86,3 +86,46 @@ async def test_kill_nine_mid_run_then_restart_resumes_from_the_last_round(
     assert replay.types.count("resumed") == 1
     assert [t for t in replay.types if t in TERMINAL] == ["completed"]
     assert record["status"] == "completed" and "tok-resume" in record["answer"]
+
+
+async def test_kill_nine_in_the_first_round_resumes_with_the_requests_settings(
+    tmp_path: Path,
+) -> None:
+    """Killed before any checkpoint: the record keeps the request's generation
+    settings, so the model is asked with them after the restart too, not with the
+    server's defaults (the simulator records what each request asked for)."""
+    corpus = write_corpus(tmp_path / "corpus")
+    data = tmp_path / "data"
+    question = "tok-firstround [sim:slow=40] [sim:rounds=1]"
+    chosen = {"temperature": 0.3, "max_tokens": 999}
+    with simulator() as sim:
+        env = {"DEEPRESEARCH_CORPUS": str(corpus), "DEEPRESEARCH_LLM_URL": sim.url}
+        with server(data, **env) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                body = {"question": question, "on_disconnect": "continue", **chosen}
+                async with client.stream("POST", "/chat/stream", json=body) as response:
+                    assert response.status_code == 200
+                    async for event in iter_sse(response):
+                        if event is None:
+                            continue
+                        if event.type == "session_start":
+                            session_id = event.data["session_id"]
+                        # The model is streaming round 1: no round has completed.
+                        if event.type == "thinking":
+                            assert event.data["round"] == 1
+                            break
+            app.stop(signal.SIGKILL)
+        with server(data, **env) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                replay = await collect(client, "GET", f"/sessions/{session_id}/events")
+        async with httpx.AsyncClient(
+            base_url=sim.url.removesuffix("/v1"), timeout=10
+        ) as sim_client:
+            asked = (await sim_client.get("/stats")).json()["asked"]["tok-firstround"]
+
+    resumed = [e for e in replay.events if e.type == "resumed"]
+    assert len(resumed) == 1 and resumed[0].data["round"] == 0  # no checkpoint to go on from
+    assert [t for t in replay.types if t in TERMINAL] == ["completed"]
+    # Round 1 before the kill, then rounds 1 and 2 again after it: all with the request's.
+    assert len(asked) >= 3
+    assert {(a["temperature"], a["max_tokens"]) for a in asked} == {(0.3, 999)}

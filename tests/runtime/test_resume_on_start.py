@@ -26,12 +26,18 @@ SEARCH = (
 class ThenSilent(ScriptedModel):
     """Replies from the script, then stalls (the server stops meanwhile)."""
 
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.stalled = asyncio.Event()  # set once it has been asked and stalls
+
     async def stream(self, messages: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         if self._replies:
             async for piece in super().stream(messages, *args, **kwargs):
                 yield piece
             return
         self.calls.append(list(messages))
+        self.settings.append(args[0] if args else kwargs["settings"])
+        self.stalled.set()
         await asyncio.Event().wait()
         yield ""
 
@@ -85,6 +91,28 @@ async def test_a_stopped_server_hands_back_and_the_next_one_resumes(tmp_path: Pa
         assert final.status == "completed" and final.answer is not None
     assert len(first.calls) == 3 and len(second.calls) == 1  # rounds 1-2 not asked again
     assert second.settings[0].temperature == 0.2
+
+
+async def test_a_session_stopped_in_its_first_round_resumes_with_its_own_settings(
+    tmp_path: Path,
+) -> None:
+    """No checkpoint yet (round 1 never completed): the record keeps the request's
+    generation settings, and the resumed run asks the model with them."""
+    config = settings(tmp_path)
+    first = ThenSilent([])  # round 1's call stalls until the server stops
+    chosen = {"temperature": 0.2, "max_tokens": 777}
+    async with open_services(config, model=first) as services:
+        session_id = await services.manager.start(
+            SessionRequest(question="How is diabetes treated?", generation=chosen)
+        )
+        await first.stalled.wait()  # round 1 has asked the model
+    assert first.settings[0].temperature == 0.2
+    second = ScriptedModel(["<answer>Metformin.</answer>"])
+    async with open_services(config, model=second) as services:
+        types = [e.type async for e in services.manager.follow(session_id) if e is not None]
+        assert "resumed" in types and types[-1] == "completed"
+    assert len(second.calls) == 1
+    assert (second.settings[0].temperature, second.settings[0].max_tokens) == (0.2, 777)
 
 
 async def test_with_resuming_off_a_stop_cancels_and_nothing_resumes(tmp_path: Path) -> None:

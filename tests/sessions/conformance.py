@@ -42,6 +42,19 @@ class StoreConformance:
         assert await store.get("s-1") == original
         assert await store.get("missing") is None
 
+    async def test_the_requests_generation_settings_are_kept(
+        self, store: SessionStore, reopen: Reopen
+    ) -> None:
+        chosen = {"temperature": 0.2, "max_tokens": 512}
+        await store.create(record("s-1", generation=chosen))
+        await store.create(record("s-2", minutes=1))
+        again = await reopen()
+        first, second = await again.get("s-1"), await again.get("s-2")
+        assert first is not None and first.generation == chosen
+        assert second is not None and second.generation == {}
+        [unfinished] = [r for r in await again.unfinished() if r.id == "s-1"]
+        assert unfinished.generation == chosen
+
     async def test_duplicate_id_is_a_conflict(self, store: SessionStore) -> None:
         await store.create(record("s-1"))
         with pytest.raises(SessionConflict):

@@ -51,3 +51,59 @@ async def test_a_worker_that_leaves_is_gone_at_once(workers: RedisWorkers) -> No
     await workers.beat(info("leaving", slots=8, running=0), ttl=30)
     await workers.leave("leaving")
     assert await workers.alive() == []
+
+
+async def test_a_beat_carries_the_workers_index_and_sandbox(workers: RedisWorkers) -> None:
+    stocked = WorkerInfo(
+        name="gpu-a:1",
+        slots=8,
+        running=0,
+        started_at=NOW,
+        beat_at=NOW,
+        documents=1200,
+        index_building=False,
+        code_execution=True,
+    )
+    broken = WorkerInfo(
+        name="gpu-b:1",
+        slots=4,
+        running=0,
+        started_at=NOW,
+        beat_at=NOW,
+        index_building=True,
+        index_error="OSError: disk full",
+        code_execution_reason="bwrap not found",
+    )
+    await workers.beat(stocked, ttl=30)
+    await workers.beat(broken, ttl=30)
+    assert await workers.alive() == [stocked, broken]
+    # A later beat replaces what the earlier one said (an error gone stays gone).
+    mended = WorkerInfo(
+        name="gpu-b:1", slots=4, running=0, started_at=NOW, beat_at=NOW, documents=7
+    )
+    await workers.beat(mended, ttl=30)
+    assert (await workers.alive())[1] == mended
+    assert mended.index() == {"documents": 7, "building": False, "error": None}
+
+
+async def test_a_beat_from_before_the_index_fields_reads_as_nothing_known(
+    workers: RedisWorkers, redis_url: str
+) -> None:
+    """A worker of an older version beats only its slots and sessions."""
+    store = RedisSessionStore(redis_url)
+    await store.open()
+    try:
+        key = f"{store.keys.prefix}:worker:old:1"
+        await store.client.hset(  # type: ignore[misc]
+            key,
+            mapping={
+                "slots": 2,
+                "running": 1,
+                "started_at": NOW.isoformat(),
+                "beat_at": NOW.isoformat(),
+            },
+        )
+        await store.client.sadd(f"{store.keys.prefix}:workers", "old:1")  # type: ignore[misc]
+    finally:
+        await store.close()
+    assert await workers.alive() == [info("old:1", 2, 1)]

@@ -113,6 +113,7 @@ async def test_a_file_from_before_conversations_is_migrated(tmp_path: Path) -> N
     try:
         [turn] = await store.conversation("old-1")
         assert (turn.id, turn.conversation, turn.turn) == ("old-1", "old-1", 1)
+        assert turn.generation == {}  # the column added, empty: the server's defaults
         listed, total = await store.list_conversations(limit=5)
         assert total == 1 and listed[0].title == "q"
     finally:

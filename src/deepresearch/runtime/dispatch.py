@@ -422,23 +422,59 @@ class Cluster:
         )
 
     async def health(self, *, details: bool) -> dict[str, Any]:
-        """``/health``'s counts for the whole cluster (and, for admins, each worker)."""
+        """``/health``'s counts for the whole cluster, from the live workers' beats (and,
+        for admins, each worker and the reasons).
+
+        A session runs on whichever worker takes it, so what the cluster promises is
+        what every live worker has: ``index.documents`` is the smallest index among
+        them, ``code_execution`` holds when every one can run code (none alive: no);
+        ``index.building`` says some worker is still building (its sessions' searches
+        wait for it)."""
         try:
             workers = await self.workers.alive()
             queued = await self.queue.count("queued")
         except Exception as exc:  # Redis restarting: say so, quickly
             log.warning("health: Redis unreachable: %s", exc)
-            return {"status": "degraded", "redis": "unreachable"}
+            unknown = "Redis is unreachable: the workers' state is unknown"
+            nothing: dict[str, Any] = {"building": False, "documents": 0}
+            answer: dict[str, Any] = {
+                "status": "degraded",
+                "redis": "unreachable",
+                "index": nothing | ({"error": unknown} if details else {}),
+                "code_execution": False,
+            }
+            if details:
+                answer["code_execution_reason"] = unknown
+            return answer
         slots = sum(worker.slots for worker in workers)
         running = sum(worker.running for worker in workers)
-        answer: dict[str, Any] = {
+        code = bool(workers) and all(worker.code_execution for worker in workers)
+        index: dict[str, Any] = {
+            "building": any(worker.index_building for worker in workers),
+            "documents": min((worker.documents for worker in workers), default=0),
+        }
+        answer = {
             "active_sessions": running,
             "queued_sessions": queued,
             "max_concurrent": slots,
             "lock_acquired": running >= slots,
             "workers": len(workers),
+            "index": index,
+            "code_execution": code,
         }
         if details:
+            errors = [f"{w.name}: {w.index_error}" for w in workers if w.index_error]
+            index["error"] = "; ".join(errors) or None
+            answer["code_execution_reason"] = (
+                None
+                if code
+                else "; ".join(
+                    f"{w.name}: {w.code_execution_reason or 'not said'}"
+                    for w in workers
+                    if not w.code_execution
+                )
+                or "no worker is alive"
+            )
             answer["cluster"] = {
                 "recovery_seconds": self.timings.recovery,
                 "workers": [
@@ -448,6 +484,9 @@ class Cluster:
                         "running": worker.running,
                         "started_at": worker.started_at.isoformat(),
                         "beat_at": worker.beat_at.isoformat(),
+                        "index": worker.index(),
+                        "code_execution": worker.code_execution,
+                        "code_execution_reason": worker.code_execution_reason,
                     }
                     for worker in workers
                 ],

@@ -206,7 +206,9 @@ class SessionManager(StoredSessions):
         )
         ticket = self._admission.admit(record.id, record.owner or "")
         self._busy_conversations.add(record.conversation)
-        live = self._live_session(record, ticket, self._template, history, resume=True)
+        # The request's own settings (a checkpoint, when there is one, holds them too).
+        config = self._template.for_request(**record.generation)
+        live = self._live_session(record, ticket, config, history, resume=True)
         self._launch(live)
         log.info("%s resuming after a restart (%s)", live.tag, record.status)
 

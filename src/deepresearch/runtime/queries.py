@@ -50,6 +50,7 @@ class Placement:
             conversation_id=self.conversation_id,
             turn=self.turn,
             client=request.client,
+            generation={k: v for k, v in request.generation.items() if v is not None},
         )
 
 

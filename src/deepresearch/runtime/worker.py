@@ -162,6 +162,8 @@ class SessionWorker:
             log.info("worker %s stopped", self.name)
 
     async def _beat_forever(self) -> None:
+        index = self._services.index_state
+        sandbox = self._services.sandbox
         while True:
             info = WorkerInfo(
                 name=self.name,
@@ -169,6 +171,11 @@ class SessionWorker:
                 running=len(self._running),
                 started_at=self._started_at,
                 beat_at=datetime.now(UTC),
+                documents=index.documents,
+                index_building=index.building,
+                index_error=index.error,
+                code_execution=sandbox.available is True,
+                code_execution_reason=sandbox.reason or None,
             )
             try:
                 await self._cluster.workers.beat(info, ttl=3 * WORKER_BEAT)
@@ -203,7 +210,10 @@ class SessionWorker:
             if reason is not None:
                 await cluster.end_leased(sid, Cancelled(session_id=sid, content=reason), token)
                 return "cancelled"
-            config = self._settings.agent_template().for_request(**(generation or {}))
+            # The record keeps the request's settings (a job enqueued by an older node
+            # carries them alone).
+            chosen = {**(generation or {}), **record.generation}
+            config = self._settings.agent_template().for_request(**chosen)
             assert self._services.agent_factory is not None
 
             async def why_cancelled() -> str | None:
@@ -324,6 +334,6 @@ async def run_worker(settings: Settings) -> int:
         raise ConfigurationError(
             "DEEPRESEARCH_REDIS_URL: a worker takes its sessions from Redis; set it"
         )
-    async with open_services(settings) as services:
+    async with open_services(settings, role="worker") as services:
         await SessionWorker(services).run()
     return 0

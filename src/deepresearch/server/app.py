@@ -179,8 +179,6 @@ async def health(
     }
     caller = identify(request, authorization)
     admin = caller is not None and caller.is_admin
-    if svc.cluster is not None:  # distributed mode: the workers' slots and saq's queue
-        answer |= await svc.cluster.health(details=admin)
     if admin:
         answer["max_queue"] = admission.max_queue
         answer["mode"] = "offline" if svc.model is None else "llm"
@@ -190,6 +188,9 @@ async def health(
         }
         answer["index"] = svc.index_state.public()
         answer["code_execution_reason"] = sandbox.reason or None
+    if svc.cluster is not None:
+        # Distributed mode: the workers' slots, index and sandbox, and saq's queue.
+        answer |= await svc.cluster.health(details=admin)
     return answer
 
 

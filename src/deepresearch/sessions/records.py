@@ -54,6 +54,9 @@ class SessionRecord:
     conversation_id: str | None = None  # None: a conversation of its own (its id)
     turn: int = 1  # its place in the conversation, from 1
     client: str | None = None  # digest of the asking client's address (bare citation numbers)
+    # The request's own generation settings (those it set: temperature, max_tokens...),
+    # so that a run resumed without a checkpoint uses them, not the server's defaults.
+    generation: dict[str, float | int] = field(default_factory=dict)
 
     @property
     def conversation(self) -> str:

@@ -97,6 +97,7 @@ def _fields(record: SessionRecord) -> dict[str, str]:
         "conversation": record.conversation,
         "turn": str(record.turn),
         "client": record.client,
+        "generation": json.dumps(record.generation) if record.generation else None,
         "last_seq": str(record.last_seq),
     }
     return {name: value for name, value in values.items() if value is not None}
@@ -139,6 +140,7 @@ def _record(fields: dict[str, str]) -> SessionRecord:
         conversation_id=conversation if conversation != session_id else None,
         turn=int(fields.get("turn", "1")),
         client=fields.get("client"),
+        generation=json.loads(fields.get("generation", "{}")),
     )
 
 

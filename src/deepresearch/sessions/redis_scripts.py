@@ -13,6 +13,7 @@ Keys (``p`` is the store's prefix, ``deepresearch`` by default):
 - ``p:conversations`` and ``p:conversations:owner:<o>``: conversation ids by latest question
 - ``p:expiring``           sorted set: finished conversations by retention deadline (ms)
 - ``p:worker:<name>``, ``p:workers``: worker heartbeats (``redis_workers.py``)
+- ``p:served``, ``p:served:clock``: owners' last services, for fair order (``FAIR``)
 
 Every write that touches more than one key is one script, so it is atomic: a
 reader never sees an event without its record change, nor a session in two
@@ -338,6 +339,12 @@ class RedisKeys:
 # goes to the owner with the fewest jobs active, then the one served longest ago
 # (``p:served``: owner -> a counter from ``p:served:clock``), then the earliest
 # arrival; FIFO within an owner; an owner at its running quota (``cap`` > 0) waits.
+# ``TAKE`` forgets (deletes from ``p:served``) the owners with nothing queued or running
+# that were last served before every owner that has: one never served counts as 0, so
+# a forgotten owner that comes back still ranks before each owner active when it was
+# forgotten, exactly as its counter did; it only loses its order against owners new or
+# forgotten too (the arrival decides between them). ``p:served`` so holds the owners
+# active and those served since the oldest active one's last service.
 FAIR = """
 local function owner_of(p, job_prefix, jid)
   local sid = string.sub(jid, #job_prefix + 1)
@@ -394,7 +401,22 @@ if best == nil then return false end
 local jid = lines[best][1]
 redis.call('LREM', queued, 1, jid)
 redis.call('RPUSH', active, jid)
-redis.call('HSET', p .. ':served', best, redis.call('INCR', p .. ':served:clock'))
+local served = p .. ':served'
+redis.call('HSET', served, best, redis.call('INCR', p .. ':served:clock'))
+running[best] = (running[best] or 0) + 1
+-- Forget the owners with nothing queued or running whose last service is older than
+-- every active owner's (one never served counts as 0): a forgotten owner comes back
+-- as never served (0), which keeps it before each of those, as its own counter did.
+local oldest = math.huge
+for owner, _ in pairs(running) do oldest = math.min(oldest, served_at(p, owner)) end
+for owner, _ in pairs(lines) do oldest = math.min(oldest, served_at(p, owner)) end
+local kept = redis.call('HGETALL', served)
+for i = 1, #kept, 2 do
+  local owner = kept[i]
+  if not running[owner] and not lines[owner] and tonumber(kept[i + 1]) < oldest then
+    redis.call('HDEL', served, owner)
+  end
+end
 return jid
 """
 )

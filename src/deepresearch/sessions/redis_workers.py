@@ -1,10 +1,11 @@
 """Which workers are alive, and what they can take: the cluster half of ``/health``.
 
 Each worker beats every few seconds: it writes ``p:worker:<name>`` (a hash: its
-slots, sessions running, when it started, when it beat), with a TTL of a few beats,
-and keeps its name in ``p:workers``. A worker that dies stops beating and its hash
-expires; ``alive`` drops it from the set when it finds it gone. The cluster's
-concurrency is the sum of the live workers' slots.
+slots, sessions running, when it started, when it beat, its evidence index's
+documents and state, whether it can run code and why not), with a TTL of a few
+beats, and keeps its name in ``p:workers``. A worker that dies stops beating and
+its hash expires; ``alive`` drops it from the set when it finds it gone. The
+cluster's concurrency is the sum of the live workers' slots.
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ class WorkerInfo:
     running: int  # sessions it runs now
     started_at: datetime
     beat_at: datetime
+    # What its sessions can use (a worker from before these were beaten: none).
+    documents: int = 0  # in its evidence index
+    index_building: bool = False
+    index_error: str | None = None  # its index build failed
+    code_execution: bool = False  # its sandbox runs code
+    code_execution_reason: str | None = None  # why not, when it does not
+
+    def index(self) -> dict[str, object]:
+        """Its index as ``/health`` shows one (``IndexState.public``)."""
+        return {
+            "documents": self.documents,
+            "building": self.index_building,
+            "error": self.index_error,
+        }
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,11 @@ class RedisWorkers:
                     "running": info.running,
                     "started_at": info.started_at.isoformat(),
                     "beat_at": info.beat_at.isoformat(),
+                    "documents": info.documents,
+                    "index_building": int(info.index_building),
+                    "index_error": info.index_error or "",  # "": none
+                    "code_execution": int(info.code_execution),
+                    "code_execution_reason": info.code_execution_reason or "",
                 },
             )
             pipe.pexpire(key, max(1, int(ttl * 1000)))
@@ -91,6 +111,11 @@ class RedisWorkers:
                 running=int(row["running"]),
                 started_at=datetime.fromisoformat(row["started_at"]),
                 beat_at=datetime.fromisoformat(row["beat_at"]),
+                documents=int(row.get("documents", 0)),
+                index_building=row.get("index_building") == "1",
+                index_error=row.get("index_error") or None,
+                code_execution=row.get("code_execution") == "1",
+                code_execution_reason=row.get("code_execution_reason") or None,
             )
             for name, row in zip(names, rows, strict=True)
             if row

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     error TEXT,
     conversation_id TEXT,
     turn INTEGER NOT NULL DEFAULT 1,
-    client TEXT
+    client TEXT,
+    generation TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions (created_at DESC);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, created_at DESC);
@@ -68,6 +69,7 @@ MIGRATIONS = {
     "conversation_id": "ALTER TABLE sessions ADD COLUMN conversation_id TEXT",
     "turn": "ALTER TABLE sessions ADD COLUMN turn INTEGER NOT NULL DEFAULT 1",
     "client": "ALTER TABLE sessions ADD COLUMN client TEXT",
+    "generation": "ALTER TABLE sessions ADD COLUMN generation TEXT NOT NULL DEFAULT '{}'",
 }
 AFTER_MIGRATIONS = """
 UPDATE sessions SET conversation_id = id WHERE conversation_id IS NULL;
@@ -76,7 +78,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_conversation ON sessions (conversation_id
 
 COLUMNS = (
     "id, question, status, created_at, owner, on_disconnect, "
-    "started_at, ended_at, answer, citations, error, conversation_id, turn, client"
+    "started_at, ended_at, answer, citations, error, conversation_id, turn, client, generation"
 )
 # The last sequence number is read from the events' primary key rather than kept
 # in the row: updating the row on every event doubled the writer's work.
@@ -126,6 +128,7 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         conversation_id=row[11] if row[11] != row[0] else None,
         turn=row[12],
         client=row[13],
+        generation=json.loads(row[14]),
         id=row[0],
         question=row[1],
         status=cast(SessionStatus, row[2]),
@@ -137,7 +140,7 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         answer=row[8],
         citations=json.loads(row[9]),
         error=row[10],
-        last_seq=row[14],
+        last_seq=row[15],
     )
 
 
@@ -157,6 +160,7 @@ def _row(record: SessionRecord) -> tuple[Any, ...]:
         record.conversation,
         record.turn,
         record.client,
+        json.dumps(record.generation),
     )
 
 
@@ -185,7 +189,7 @@ def _transaction(db: sqlite3.Connection, fault: Fault | None = None) -> Iterator
 def _write_one(db: sqlite3.Connection, write: _Write) -> None:
     if write.record is not None:
         inserted = db.execute(
-            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            f"INSERT OR IGNORE INTO sessions ({COLUMNS}) VALUES ({', '.join('?' * 15)})",
             _row(write.record),
         )
         write.conflict = inserted.rowcount == 0
