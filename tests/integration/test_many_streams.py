@@ -16,6 +16,17 @@ SLOTS = 4
 TOKEN = re.compile(r"tok-[A-Za-z0-9]+")
 
 
+def only_its_own_token(content: str, token: str) -> bool:
+    """Every token in a streamed text is the session's own; the text streamed so far
+    may end part-way through it (``...tok-3f``), a beginning of the session's own."""
+    for found in TOKEN.finditer(content):
+        whole = found.group() == token
+        cut_at_the_end = found.end() == len(content) and token.startswith(found.group())
+        if not (whole or cut_at_the_end):
+            return False
+    return True
+
+
 async def test_fifty_streams_stay_isolated_and_the_backend_sees_at_most_the_slots(
     tmp_path: Path,
 ) -> None:
@@ -60,7 +71,7 @@ async def test_fifty_streams_stay_isolated_and_the_backend_sees_at_most_the_slot
         assert all(event.data["session_id"] == own_id for event in result.events)
         for event in result.events:
             if event.type in {"thinking", "final_answer_chunk", "final_answer"}:
-                assert set(TOKEN.findall(event.data["content"])) <= {token}
+                assert only_its_own_token(event.data["content"], token), event.data["content"]
         final = next(e for e in result.events if e.type == "final_answer").data
         assert TOKEN.findall(final["answer_data"]["answer"]) == [token]
         positions = [e.data["position"] for e in result.events if e.type == "queued"]
