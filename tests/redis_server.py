@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 STARTUP_SECONDS = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:
@@ -45,7 +40,7 @@ class RedisServer:
         self._binary = binary
         self.directory = directory
         self.persistent = persistent
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,7 +86,7 @@ class RedisServer:
                     break
                 time.sleep(0.02)
             self.stop()
-            self.port = _free_port()
+            self.port = free_port()
         log = self.directory / "redis.log"
         raise RuntimeError(f"redis-server did not start: {log.read_text() if log.exists() else ''}")
 
