@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support import ROOT, free_port, wait_until_healthy
+
+# A clone, a venv, an install and an index build: about a minute on a quiet machine,
+# several on a loaded one. The suite's default limit (120 s) is too short for that.
+pytestmark = pytest.mark.timeout(900)
 
 
 def wait_for_index(url: str) -> dict[str, Any]:
