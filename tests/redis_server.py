@@ -7,6 +7,7 @@ runs the tests and writes only into its own directory.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -16,21 +17,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 STARTUP_SECONDS = 10.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _answers_ping(port: int) -> bool:
+def _serves(port: int, pid: int) -> bool:
+    """Whether the process ``pid`` answers on ``port``, ready (its data loaded): PING,
+    and INFO's process id (not some other test's server that got the port first)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
             conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            if not conn.recv(64).startswith(b"+PONG"):
+                return False
+            conn.sendall(b"INFO server\r\n")
+            reply = b""
+            while (found := re.search(rb"process_id:(\d+)\r\n", reply)) is None:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return False
+                reply += chunk
+            return int(found.group(1)) == pid
     except OSError:
         return False
 
@@ -45,7 +52,7 @@ class RedisServer:
         self._binary = binary
         self.directory = directory
         self.persistent = persistent
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,13 +92,13 @@ class RedisServer:
             )
             deadline = time.monotonic() + STARTUP_SECONDS
             while time.monotonic() < deadline:
-                if _answers_ping(self.port):
+                if _serves(self.port, self._process.pid):
                     return
                 if self._process.poll() is not None:  # the port was taken: exited
                     break
                 time.sleep(0.02)
             self.stop()
-            self.port = _free_port()
+            self.port = free_port()
         log = self.directory / "redis.log"
         raise RuntimeError(f"redis-server did not start: {log.read_text() if log.exists() else ''}")
 
@@ -127,7 +134,7 @@ class RedisServer:
             self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + STARTUP_SECONDS
-        while not _answers_ping(self.port):
+        while not _serves(self.port, self._process.pid):
             if time.monotonic() > deadline or self._process.poll() is not None:
                 raise RuntimeError("redis-server did not come back on its port")
             time.sleep(0.02)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -36,11 +39,38 @@ SHARED_CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 TERMINAL = {"completed", "error", "timeout", "no_answer", "cancelled"}
 
 
+# Ports are chosen below the kernel's ephemeral range: it hands ports from that range
+# to every outgoing connection (and to every bind to port 0) on the machine, so a port
+# chosen there may be taken between choosing it and the server binding it, or while a
+# server restarts on it. Chosen at random (not from `random`, which Hypothesis seeds
+# alike in every process) so that two test processes rarely try the same one.
+LOWEST_PORT = 20000
+_pick = random.SystemRandom()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback TCP port nothing listens on, outside the ephemeral range."""
+    highest = _ephemeral_floor() - 1
+    if highest - LOWEST_PORT >= 1000:
+        for _ in range(100):
+            port = _pick.randint(LOWEST_PORT, highest)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: not even in TIME_WAIT
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as sock:  # an odd port range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 @dataclass
@@ -91,48 +121,114 @@ def simulator(*args: str) -> Iterator[Process]:
             proc.stdout.close()
 
 
-def wait_until_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+class Output:
+    """A child's output, read as it comes by a thread of its own (a pipe nobody reads
+    fills up, and the child then blocks on its next log line), the last lines kept
+    for a failure's message."""
+
+    def __init__(self, stream: IO[str], keep: int = 200) -> None:
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        with stream:
+            for line in stream:
+                self._lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        """What has been read so far (all of it once the child has exited and
+        ``finish`` returned)."""
+        return "\n".join(self._lines)
+
+    def finish(self, timeout: float = 10) -> None:
+        """Until the child's end of the pipe is closed (it exited)."""
+        self._reader.join(timeout)
+
+
+class ServerExited(AssertionError):
+    """The server exited before it answered its health check."""
+
+    def __init__(self, code: int, output: str) -> None:
+        super().__init__(f"server exited with code {code}; its last output:\n{output}")
+        self.output = output
+
+    @property
+    def port_taken(self) -> bool:
+        """Another process bound the chosen port first."""
+        return "address already in use" in self.output
+
+
+def wait_until_healthy(
+    url: str,
+    proc: subprocess.Popen[str],
+    timeout: float = 60,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Until ``url/health`` answers 200; ``ServerExited`` if ``proc`` exits first
+    (``output``: what it printed, for the message)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with code {proc.returncode}"
+        if proc.poll() is not None:
+            raise ServerExited(proc.returncode, output())
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.05)  # polling a condition with a deadline, not hoping a race away
-    raise AssertionError(f"server at {url} did not become healthy within {timeout} s")
+    raise AssertionError(
+        f"server at {url} did not become healthy within {timeout} s; its output:\n{output()}"
+    )
+
+
+# A server whose port was taken before it bound it is started again on another.
+PORT_ATTEMPTS = 5
 
 
 @contextmanager
 def server(data_dir: Path, wrap: Sequence[str] = (), **env: str) -> Iterator[Process]:
     """``deepresearch serve`` as a real process on a free port (``wrap``: a command
-    that runs it, e.g. in namespaces of its own)."""
-    port = free_port()
+    that runs it, e.g. in namespaces of its own). Its log is read as it comes, and
+    shown when it fails to start."""
     environment = {
         **os.environ,
         "DEEPRESEARCH_DATA_DIR": str(data_dir),
-        "DEEPRESEARCH_PORT": str(port),
         "DEEPRESEARCH_CORPUS": env.pop("DEEPRESEARCH_CORPUS", str(SHARED_CORPUS)),
         "DEEPRESEARCH_LOG_LEVEL": "WARNING",
         "DEEPRESEARCH_SEARCH": "local",  # no test talks to the internet
         **env,
     }
-    proc = subprocess.Popen(
-        [*wrap, sys.executable, "-m", "deepresearch.cli", "serve"],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    process = Process(proc, f"http://127.0.0.1:{port}")
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        proc = subprocess.Popen(
+            [*wrap, sys.executable, "-m", "deepresearch.cli", "serve"],
+            env={**environment, "DEEPRESEARCH_PORT": str(port)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        output = Output(proc.stdout)
+        process = Process(proc, f"http://127.0.0.1:{port}")
+        try:
+            wait_until_healthy(process.url, proc, output=output.text)
+        except ServerExited:
+            output.finish()  # its last lines say why
+            exited = ServerExited(proc.returncode, output.text())
+            if exited.port_taken and attempt < PORT_ATTEMPTS:
+                continue
+            raise exited from None
+        except BaseException:
+            process.stop()
+            output.finish()
+            raise
+        break
     try:
-        wait_until_healthy(process.url, proc)
         yield process
     finally:
         process.stop()
-        if proc.stderr:
-            proc.stderr.close()
+        output.finish()
 
 
 @dataclass

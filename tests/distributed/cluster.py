@@ -17,7 +17,14 @@ import httpx
 import redis
 
 from tests.redis_server import RedisServer
-from tests.support import SHARED_CORPUS, Process, free_port, wait_until_healthy
+from tests.support import (
+    PORT_ATTEMPTS,
+    SHARED_CORPUS,
+    Process,
+    ServerExited,
+    free_port,
+    wait_until_healthy,
+)
 
 # Small, so that a dead worker's sessions are taken over in seconds (heartbeat 4 s,
 # sweep 1 s, abort wait 1 s).
@@ -64,26 +71,36 @@ class Cluster:
         return (self.workdir / f"{kind}-{self._count}.log").open("w")
 
     def start_node(self, **env: str) -> Process:
-        port = free_port()
-        environment = {
-            **self.env,
-            "DEEPRESEARCH_DATA_DIR": self._data_dir("node"),
-            "DEEPRESEARCH_PORT": str(port),
-            **env,
-        }
-        self.node_dirs.append(Path(environment["DEEPRESEARCH_DATA_DIR"]))
-        with self._log("node") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "deepresearch.cli", "serve"],
-                env=environment,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                text=True,
-            )
-        node = Process(proc, f"http://127.0.0.1:{port}")
-        self.nodes.append(node)
-        wait_until_healthy(node.url, proc)
-        return node
+        """An API node on a free port (on another if its port is taken first)."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = free_port()
+            environment = {
+                **self.env,
+                "DEEPRESEARCH_DATA_DIR": self._data_dir("node"),
+                "DEEPRESEARCH_PORT": str(port),
+                **env,
+            }
+            log_path = self.workdir / f"node-{self._count}.log"
+            with log_path.open("w") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "deepresearch.cli", "serve"],
+                    env=environment,
+                    stdout=log,  # a node logs to stdout
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            node = Process(proc, f"http://127.0.0.1:{port}")
+            self.nodes.append(node)
+            try:
+                wait_until_healthy(node.url, proc, output=log_path.read_text)
+            except ServerExited as exited:
+                if exited.port_taken and attempt < PORT_ATTEMPTS:
+                    self.nodes.remove(node)
+                    continue
+                raise
+            self.node_dirs.append(Path(environment["DEEPRESEARCH_DATA_DIR"]))
+            return node
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def start_worker(self, **env: str) -> subprocess.Popen[str]:
         environment = {**self.env, "DEEPRESEARCH_DATA_DIR": self._data_dir("worker"), **env}
@@ -91,8 +108,8 @@ class Cluster:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "deepresearch.cli", "worker"],
                 env=environment,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
+                stdout=log,  # a worker logs to stdout
+                stderr=subprocess.STDOUT,
                 text=True,
             )
         self.workers.append(proc)

@@ -144,7 +144,7 @@ async def test_a_session_that_ends_gives_up_its_seat_at_once() -> None:
     await asyncio.sleep(0)
     assert not third.done()  # idle seats count: it waits
     pool.end_session("second")
-    await asyncio.wait_for(third, 1)
+    await asyncio.wait_for(third, 60)
     assert gate.seated("first") and gate.seated("third") and not gate.seated("second")
 
 

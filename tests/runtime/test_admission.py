@@ -105,9 +105,34 @@ async def test_position_reports_are_spaced_but_the_slot_is_never_held_back() -> 
     second, second_at = await seen.get()
     assert second == 2 and second_at - first_at >= 0.3  # only the latest, after the pause
     admission.release(ahead[1])
-    admission.release(ahead[2])  # mine holds the slot: no waiting out the interval
-    await asyncio.wait_for(watcher, timeout=0.25)
+    admission.release(ahead[2])
+    await watcher
     assert mine.state == "holding" and seen.empty()
+
+
+async def test_the_slot_is_never_held_back_by_the_report_interval() -> None:
+    """News inside the interval waits for it; the slot does not. The interval here is
+    an hour: a watcher that waited it out would miss the (generous) deadline."""
+    admission = Admission(max_concurrent=1, max_queue=10)
+    holder = admission.admit("holder")
+    ahead = admission.admit("ahead")
+    mine = admission.admit("mine")
+    seen: list[int] = []
+    reported = asyncio.Event()
+
+    async def watch() -> None:
+        async for position in admission.wait_turn(mine, timeout=7200, interval=3600):
+            seen.append(position)
+            reported.set()
+
+    watcher = asyncio.create_task(watch())
+    await reported.wait()
+    assert seen == [2]
+    admission.release(holder)  # position 1: news, too soon to tell
+    await asyncio.sleep(0)
+    admission.release(ahead)  # mine holds the slot: no waiting out the hour
+    await asyncio.wait_for(watcher, timeout=60)
+    assert mine.state == "holding" and seen == [2]
 
 
 async def test_growing_hands_new_slots_to_the_queue_and_shrinking_waits_for_holders() -> None:

@@ -106,5 +106,5 @@ async def test_an_ended_sessions_seat_goes_to_a_waiting_one(
     await capacity.step()  # the cache holds two of these prompts: the limit stays 2
     assert not waiting.done()
     pool.end_session("s0")  # its run ended
-    await asyncio.wait_for(waiting, 1)
+    await asyncio.wait_for(waiting, 60)
     assert capacity.limits() == [2] and not gate.seated("s0") and gate.seated("s2")

@@ -28,7 +28,10 @@ def make_settings(tmp_path: Path, sim: Process) -> MakeSettings:
             "corpus": [corpus],
             "llm_url": [sim.url],
             "llm_retries": 0,
-            "llm_timeout": 5.0,
+            # Seconds of backend silence. Long: a session held by `[sim:hang]` must keep
+            # its slot while the test goes on, however slowly a loaded machine runs it
+            # (a test of the timeout itself sets a short one).
+            "llm_timeout": 60.0,
             "max_concurrent": 2,
             "max_queue": 10,
             "search": ["local"],  # no test talks to the internet

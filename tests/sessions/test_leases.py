@@ -64,10 +64,12 @@ class LeaseConformance:
             await check_held(leases, "s-1", "a")
 
     async def test_a_heartbeat_keeps_the_lease_past_its_ttl(self, leases: Leases) -> None:
-        assert await leases.acquire("s-1", "a", ttl=0.5)
-        async with Heartbeat(leases, "s-1", "a", ttl=0.5, interval=0.05) as beat:
-            # 20 beats of 0.05 s: twice the TTL has passed, and the lease is still ours.
-            await until(lambda: beat.renewals >= 20 or beat.lost.is_set())
+        # The TTL leaves a loaded machine room for a late beat or two (a beat later than
+        # the TTL would lose the lease, rightly).
+        assert await leases.acquire("s-1", "a", ttl=1.0)
+        async with Heartbeat(leases, "s-1", "a", ttl=1.0, interval=0.05) as beat:
+            # 30 beats of 0.05 s: one and a half TTLs have passed, and the lease is still ours.
+            await until(lambda: beat.renewals >= 30 or beat.lost.is_set())
             assert not beat.lost.is_set()
             assert await leases.holder("s-1") == "a"
             assert not await leases.acquire("s-1", "b", ttl=30)
@@ -129,10 +131,13 @@ async def test_a_worker_that_lost_its_lease_cannot_write_after_its_successor(
 ) -> None:
     old, new = stores
     await old.create(record("s-1", status="processing"))
-    assert await old.leases().acquire("s-1", "old", ttl=0.05)
+    assert await old.leases().acquire("s-1", "old", ttl=30)
     await old.append("s-1", events(1, 3), lease="old")
     await old.checkpoints().save(Checkpoint("s-1", 1, 3, [{"role": "user", "content": "q"}]))
-    # The old worker stalls past its TTL; the new one takes over where the log ends.
+    # Its last beat, a short one (short from the start, the lease could lapse before
+    # the writes above on a loaded machine); then the old worker stalls past its TTL
+    # and the new one takes over where the log ends.
+    assert await old.leases().renew("s-1", "old", ttl=0.05)
     await lapsed(new.leases(), "s-1")
     assert await new.leases().acquire("s-1", "new", ttl=30)
     resumed_from = await new.get("s-1")
