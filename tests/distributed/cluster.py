@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import redis
@@ -67,8 +67,21 @@ class Cluster:
         path.mkdir(parents=True)
         return str(path)
 
-    def _log(self, kind: str) -> Any:
-        return (self.workdir / f"{kind}-{self._count}.log").open("w")
+    def _spawn(
+        self, command: str, environment: dict[str, str]
+    ) -> tuple[subprocess.Popen[str], Path]:
+        """``deepresearch <command>`` logging (to stdout, as it does) into its own file
+        beside its data dir."""
+        log_path = Path(f"{environment['DEEPRESEARCH_DATA_DIR']}.log")
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "deepresearch.cli", command],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        return proc, log_path
 
     def start_node(self, **env: str) -> Process:
         """An API node on a free port (on another if its port is taken first)."""
@@ -80,15 +93,7 @@ class Cluster:
                 "DEEPRESEARCH_PORT": str(port),
                 **env,
             }
-            log_path = self.workdir / f"node-{self._count}.log"
-            with log_path.open("w") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "deepresearch.cli", "serve"],
-                    env=environment,
-                    stdout=log,  # a node logs to stdout
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
+            proc, log_path = self._spawn("serve", environment)
             node = Process(proc, f"http://127.0.0.1:{port}")
             self.nodes.append(node)
             try:
@@ -104,14 +109,7 @@ class Cluster:
 
     def start_worker(self, **env: str) -> subprocess.Popen[str]:
         environment = {**self.env, "DEEPRESEARCH_DATA_DIR": self._data_dir("worker"), **env}
-        with self._log("worker") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "deepresearch.cli", "worker"],
-                env=environment,
-                stdout=log,  # a worker logs to stdout
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+        proc, _ = self._spawn("worker", environment)
         self.workers.append(proc)
         return proc
 
