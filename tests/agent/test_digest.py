@@ -11,7 +11,7 @@ import pytest
 
 from deepresearch.agent import EvidenceDigestAgent
 from deepresearch.agent.digest import NOTHING_FOUND, PREAMBLE
-from deepresearch.agent.ranking import sentences, split_heading
+from deepresearch.agent.ranking import sentences, sign_table, split_heading
 from deepresearch.events import Completed, Event, FinalAnswer, FinalAnswerChunk, ToolCallStart
 from deepresearch.search import EvidenceIndex
 from deepresearch.services import IndexState, LocalSearch
@@ -262,3 +262,155 @@ def test_boilerplate_and_resource_lists_are_never_sentences() -> None:
     assert [s for s, _, _ in sentences(text)] == [
         "Gout is treated with medicines that lower uric acid."
     ]
+
+
+# The shapes below are MedQuAD's own (NIHSeniorHealth, GARD, MedlinePlus, NIDDK pages).
+GOUT_SYMPTOMS = (
+    "Attacks Usually Start at Night Gout is a form of arthritis that causes sudden onset of "
+    "intense pain and swelling in the joints, which also may be warm and red. Gout typically "
+    "attacks one joint at a time, and the attacks usually begin at night. Where Gout Usually "
+    "Occurs Gout normally attacks joints in the lower part of the body, such as the knee, ankle "
+    "or big toe. Other Signs and Symptoms These can include - hyperuricemia -- high levels of "
+    "uric acid in the body hyperuricemia -- high levels of uric acid in the body - more than one "
+    "attack of acute arthritis more than one attack of acute arthritis - an attack of arthritis "
+    "in only one joint, often the toe, ankle, or knee. an attack of arthritis in only one joint, "
+    "often the toe, ankle, or knee."
+)
+
+
+async def test_a_heading_that_starts_with_a_verb_is_not_quoted(search: Search) -> None:
+    tools = await search([page("gout:3", "Gout", "symptoms", GOUT_SYMPTOMS)])
+    answer = final(await run(tools, "What are the symptoms of gout?")).answer_data.answer
+    assert "- Gout is a form of arthritis that causes sudden onset of intense pain" in answer
+    for heading in ("Start at Night", "Usually Occurs", "Other Signs and Symptoms"):
+        assert heading not in answer
+
+
+def test_a_heading_ends_where_the_sentence_starts_not_at_a_small_word() -> None:
+    # "Start at": a capitalised word and a small word can still be inside the heading.
+    assert split_heading(
+        "Attacks Usually Start at Night Gout is a form of arthritis that causes sudden pain."
+    ) == ("Attacks Usually Start at Night", "Gout is a form of arthritis that causes sudden pain.")
+    assert split_heading("High Blood Pressure in Children Most children have no symptoms.") == (
+        "High Blood Pressure in Children",
+        "Most children have no symptoms.",
+    )
+    # When no later end is found, the sentence may itself start with "X of ...".
+    assert split_heading("Treatment Options Surgery of the hip is common in older people.") == (
+        "Treatment Options",
+        "Surgery of the hip is common in older people.",
+    )
+
+
+def test_a_list_of_phrases_doubled_by_the_page_is_quoted_once_on_one_line() -> None:
+    quoted = [s for s, _, _ in sentences(GOUT_SYMPTOMS)]
+    assert quoted[-1] == (
+        "These can include: hyperuricemia -- high levels of uric acid in the body; more than "
+        "one attack of acute arthritis; an attack of arthritis in only one joint, often the toe, "
+        "ankle, or knee."
+    )
+
+
+def test_a_sentence_run_into_the_last_item_of_a_list_stands_alone() -> None:
+    text = (
+        "Symptoms include - Blood in your urine - A frequent urge to urinate - Pain when you "
+        "urinate - Low back pain Risk factors for developing bladder cancer include smoking and "
+        "exposure to certain chemicals in the workplace."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Symptoms include: Blood in your urine; A frequent urge to urinate; Pain when you "
+        "urinate; Low back pain.",
+        "Risk factors for developing bladder cancer include smoking and exposure to certain "
+        "chemicals in the workplace.",
+    ]
+    text = (
+        "A health care provider will treat a child with hemolytic uremic syndrome by addressing "
+        "- urgent symptoms and preventing complications - acute kidney injury - chronic kidney "
+        "disease (CKD) In most cases, health care providers do not treat children with "
+        "antibiotics unless they have infections in other areas of the body."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "A health care provider will treat a child with hemolytic uremic syndrome by addressing: "
+        "urgent symptoms and preventing complications; acute kidney injury; chronic kidney "
+        "disease (CKD).",
+        "In most cases, health care providers do not treat children with antibiotics unless "
+        "they have infections in other areas of the body.",
+    ]
+
+
+def test_an_aside_between_dashes_is_not_a_list() -> None:
+    text = (
+        "Your salivary glands make saliva - sometimes called spit - and empty it into your "
+        "mouth through openings called ducts."
+    )
+    assert [s for s, _, _ in sentences(text)] == [text]
+
+
+def test_a_sentence_that_lost_its_space_after_a_bracket_is_cut() -> None:
+    text = (
+        "Male breast cancer is sometimes caused by inherited gene mutations (changes).The genes "
+        "in cells carry the hereditary information that is received from a parent."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Male breast cancer is sometimes caused by inherited gene mutations (changes).",
+        "The genes in cells carry the hereditary information that is received from a parent.",
+    ]
+
+
+SIGNS_PAGE = (
+    "What are the signs and symptoms of Budd-Chiari syndrome? The Human Phenotype Ontology "
+    "provides the following list of signs and symptoms for Budd-Chiari syndrome. If the "
+    "information is available, the table below includes how often the symptom is seen in "
+    "people with this condition. You can use the MedlinePlus Medical Dictionary to look up the "
+    "definitions for these medical terms. Signs and Symptoms Approximate number of patients "
+    "(when available) Ascites 90% Portal hypertension 90% Abdominal pain 50% Acute hepatic "
+    "failure 7.5% Autosomal dominant inheritance - Hepatocellular carcinoma - The Human "
+    "Phenotype Ontology (HPO) has collected information on how often a sign or symptom occurs "
+    "in a condition. Much of this information comes from Orphanet, a European rare disease "
+    "database. The frequency of a sign or symptom is usually listed as a rough estimate of the "
+    "percentage of patients who have that feature. The frequency may also be listed as a "
+    "fraction. The first number of the fraction is how many people had the symptom, and the "
+    "second number is the total number of people who were examined in one study. For example, "
+    "a frequency of 25/25 means that in a study of 25 people all patients were found to have "
+    "that symptom. Because these frequencies are based on a specific study, the fractions may "
+    "be different if another group of patients are examined. Sometimes, no information on "
+    "frequency is available. In these cases, the sign or symptom may be rare or common."
+)
+
+
+def test_a_table_of_signs_is_quoted_as_a_list_and_its_reading_note_never() -> None:
+    assert [s for s, _, _ in sentences(SIGNS_PAGE)] == [
+        "Signs and symptoms (approximate number of patients, when available): Ascites 90%; "
+        "Portal hypertension 90%; Abdominal pain 50%; Acute hepatic failure 7.5%; "
+        "Hepatocellular carcinoma."
+    ]
+    rows = " ".join(f"Sign {n} 50%" for n in range(20))
+    assert sign_table(rows) == (
+        "Signs and symptoms (approximate number of patients, when available): "
+        + "; ".join(f"Sign {n} 50%" for n in range(12))
+        + "; and 8 more."
+    )
+
+
+async def test_a_symptoms_question_on_a_rare_disease_quotes_its_table_of_signs(
+    search: Search,
+) -> None:
+    tools = await search(
+        [
+            page("gard:1", "Budd-Chiari syndrome", "symptoms", SIGNS_PAGE, source="GARD"),
+            page(
+                "gard:2",
+                "Budd-Chiari syndrome",
+                "information",
+                "Budd-Chiari syndrome is a rare disorder characterized by narrowing and "
+                "obstruction of the veins of the liver.",
+                source="GARD",
+            ),
+        ]
+    )
+    answer = final(await run(tools, "What are the signs of Budd-Chiari syndrome?")).answer_data
+    assert "- Signs and symptoms (approximate number of patients, when available): Ascites 90%" in (
+        answer.answer
+    )
+    assert "Orphanet" not in answer.answer and "fraction" not in answer.answer
+    assert answer.citations[0].source_id == "gard:1"

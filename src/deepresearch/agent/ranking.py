@@ -21,9 +21,10 @@ from deepresearch.search.understanding import Intent, Understanding
 from deepresearch.tools.base import Source
 
 # A sentence ends at ".", "!", "?" (or one closing a bracket or quote) before a capital;
-# some pages lost the space ("the rash.Treatment with ...").
+# some pages lost the space ("the rash.Treatment with ...", "mutations (changes).The genes").
 SENTENCE_END = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][)\"'\u201d]))\s+(?=[A-Z0-9(\"'])|(?<=[a-z]{3}\.)(?=[A-Z][a-z])"
+    r"(?:(?<=[.!?])|(?<=[.!?][)\"'\u201d]))\s+(?=[A-Z0-9(\"'])"
+    r"|(?:(?<=[a-z]{3}\.)|(?<=[a-z]\)\.))(?=[A-Z][a-z])"
 )
 # "Conclusions: ", "Materials And Methods: ", "Summary : ": a heading, not a sentence's start.
 SECTION_LABEL = re.compile(r"^([A-Z][a-z]+(?: (?:[A-Z][a-z]+|and|of)){0,3}) ?:\s+")
@@ -80,6 +81,8 @@ SMALL_WORDS = frozenset(
         "with",
     ]
 )
+# Words that go on with a sentence after an aside set off by dashes.
+CONTINUATIONS = SMALL_WORDS | {"but", "which", "that", "so", "who", "while"}
 SECTION_NAMES = frozenset(
     [
         "overview",
@@ -100,6 +103,16 @@ SECTION_NAMES = frozenset(
         "description",
     ]
 )
+# GARD's symptom pages flatten a table into the text: a header, rows "Ascites 90%" (the share
+# of patients with the sign, most common first), rows with no share ("Hepatomegaly - "), then
+# the same note on how to read it ("The Human Phenotype Ontology (HPO) has collected ...
+# may be rare or common."). The rows are the answer; the note answers nothing.
+SIGN_TABLE = re.compile(
+    r"Signs and Symptoms Approximate number of patients \(when available\)\s*(?P<rows>.*?)\s*"
+    r"(?:The Human Phenotype Ontology \(HPO\) has collected .*?may be rare or common\.|$)"
+)
+SIGN_ROW = re.compile(r"(\S.*?) (\d+(?:\.\d+)?%)(?=\s|$)")
+MAX_SIGNS = 12  # rows quoted from such a table; the rest are counted
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MAX_SOURCES, MAX_POINTS = 2, 4, 6
 FIRST_SENTENCES = 3  # a consumer-health passage answers in its first few sentences
@@ -121,23 +134,30 @@ def split_heading(sentence: str) -> tuple[str | None, str]:
 
     "Future Treatments Scientists, doctors, and researchers continue ..." gives
     ("Future Treatments", "Scientists, doctors, and researchers continue ...").
+    A heading may hold small words and verbs ("Attacks Usually Start at Night Gout
+    is ..."): a capitalised word followed by a small word ("Start at") may still be
+    inside the heading, so a later end followed by a word that is not small wins.
     """
     tokens = sentence.split(" ")
+    fallback: tuple[str, str] | None = None
     # The heading ends before a capitalised word that a lower-case word follows.
     for end in range(1, min(len(tokens) - 2, 12)):
         head, first, second = tokens[:end], tokens[end].rstrip(",;:"), tokens[end + 1]
         if not (HEADING_WORD.match(first) and first[:1].isupper() and second[:1].islower()):
             continue
         if not all(HEADING_WORD.match(t) or t in SMALL_WORDS for t in head):
-            return None, sentence
+            break
         if head[-1] in SMALL_WORDS or not head[0][:1].isupper():
             continue
         if head[0] in ("The", "A", "An"):
             return None, sentence  # a name in a sentence: "The National Cancer Institute"
         if len(head) == 1 and head[0].lower() not in SECTION_NAMES:
             continue
-        return " ".join(head), " ".join(tokens[end:])
-    return None, sentence
+        split = " ".join(head), " ".join(tokens[end:])
+        if second.rstrip(",;:") not in SMALL_WORDS:
+            return split
+        fallback = fallback or split
+    return fallback or (None, sentence)
 
 
 def sentences(text: str) -> Iterator[tuple[str, float, int]]:
@@ -150,24 +170,57 @@ def sentences(text: str) -> Iterator[tuple[str, float, int]]:
             heading = {stem(w) for w in words(label.group(1))}
             weight = max((w for k, w in SECTION_WEIGHTS.items() if stem(k) in heading), default=1.0)
             line = line[label.end() :]
-        for piece in SENTENCE_END.split(line):
-            for item in _items(piece):
-                _, sentence = split_heading(_inline_list(item.strip(" -\t")))
+        for sentence in _line_sentences(line):
+            yield sentence, weight, position
+            position += 1
+
+
+def _line_sentences(line: str) -> Iterator[str]:
+    table = SIGN_TABLE.search(line)
+    if table:
+        yield from _line_sentences(line[: table.start()])
+        signs = sign_table(table.group("rows"))
+        if signs:
+            yield signs
+        yield from _line_sentences(line[table.end() :])
+        return
+    for piece in SENTENCE_END.split(line):
+        for item in _items(piece):
+            for part in _inline_list(item.strip(" -\t")):
+                _, sentence = split_heading(part)
                 count = len(words(sentence))
                 # A lower-case start is a piece cut at an abbreviation ("e.g. ..."): unquotable.
                 if sentence[:1].islower() or not MIN_WORDS <= count <= MAX_WORDS:
                     continue
                 if BOILERPLATE.search(sentence) or _is_list(sentence):
                     continue
-                yield sentence, weight, position
-                position += 1
+                yield sentence
+
+
+def sign_table(rows: str) -> str | None:
+    """A flattened table of signs as one line in its own words: "Signs and symptoms
+    (approximate number of patients, when available): Ascites 90%; Hepatomegaly." The
+    first rows (the most common signs) are quoted and the rest counted; a mode of
+    inheritance ("Autosomal dominant inheritance") is not a sign and is left out."""
+    found = [f"{name.strip(' -')} {share}" for name, share in SIGN_ROW.findall(rows)]
+    last = SIGN_ROW.sub("", rows) if found else rows
+    found.extend(item.strip(" -") for item in last.split(" - ") if item.strip(" -"))
+    signs = [s for s in found if not s.lower().endswith("inheritance")]
+    if not signs:
+        return None
+    more = f"; and {len(signs) - MAX_SIGNS} more" if len(signs) > MAX_SIGNS else ""
+    listed = "; ".join(signs[:MAX_SIGNS])
+    return f"Signs and symptoms (approximate number of patients, when available): {listed}{more}."
 
 
 def _items(piece: str) -> list[str]:
     """Bullets that are statements ("Key Points - X is ... - Y may ...") stand alone;
-    bullets that are words ("include - fever - rash") belong to their sentence."""
+    bullets that are words ("include - fever - rash") or phrases in lower case ("can
+    include - more than one attack of acute arthritis - ...") belong to their sentence."""
     items = BULLET.split(piece)
-    if len(items) > 1 and all(len(words(i)) >= MIN_WORDS for i in items[1:]):
+    if len(items) > 1 and all(
+        len(words(i)) >= MIN_WORDS and i.lstrip()[:1].isupper() for i in items[1:]
+    ):
         return items
     return [piece]
 
@@ -228,13 +281,43 @@ def _score(
     return score * weight
 
 
-def _inline_list(sentence: str) -> str:
+def _inline_list(sentence: str) -> list[str]:
     """A sentence that runs into a list of items, as one line: "include - a - b" is
-    "include: a; b" (the words are the source's; only the list's punctuation changes)."""
-    items = [item.strip() for item in BULLET.split(sentence)]
-    if len(items) < 3:
-        return sentence
-    return f"{items[0].rstrip(' :')}: {'; '.join(i.rstrip(' .;') for i in items[1:] if i)}."
+    "include: a; b" (the words are the source's; only the list's punctuation changes).
+    An item the page doubled ("fever -- a rise fever -- a rise") is quoted once; a
+    sentence run into the last item ("- low back pain Risk factors for ... include
+    smoking.") is a sentence of its own, after the list."""
+    items = [_once(item.strip()) for item in BULLET.split(sentence)]
+    if len(items) < 3 or (len(items) == 3 and items[2].split(" ")[0] in CONTINUATIONS):
+        return [sentence]  # "make saliva - sometimes called spit - and empty it": an aside
+    last, after = _run_on(items[-1])
+    items[-1] = last
+    listed = f"{items[0].rstrip(' :')}: {'; '.join(i.rstrip(' .;') for i in items[1:] if i)}."
+    return [listed, after] if after else [listed]
+
+
+def _once(item: str) -> str:
+    tokens = item.split()
+    half = len(tokens) // 2
+    if half and len(tokens) % 2 == 0 and tokens[:half] == tokens[half:]:
+        return " ".join(tokens[:half])
+    return item
+
+
+def _run_on(item: str) -> tuple[str, str | None]:
+    """``(item, sentence)`` when a sentence (ending the piece, ``MIN_WORDS`` or more)
+    starts at a capitalised word inside a list's last item, else ``(item, None)``."""
+    tokens = item.split()
+    for at in range(1, len(tokens) - MIN_WORDS + 1):
+        before, word = tokens[at - 1], tokens[at]
+        # After a word in lower case or an abbreviation in brackets: "(CKD) In most cases".
+        ends_item = before[:1].islower() or (before[:1] == "(" and before[-1:] == ")")
+        if not (word[:1].isupper() and ends_item) or before in SMALL_WORDS:
+            continue
+        if before[-1:] in ",;:(" or not tokens[-1].endswith((".", "!", "?")):
+            continue
+        return " ".join(tokens[:at]), " ".join(tokens[at:])
+    return item, None
 
 
 def _is_list(sentence: str) -> bool:
