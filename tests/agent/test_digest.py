@@ -414,3 +414,42 @@ async def test_a_symptoms_question_on_a_rare_disease_quotes_its_table_of_signs(
     )
     assert "Orphanet" not in answer.answer and "fraction" not in answer.answer
     assert answer.citations[0].source_id == "gard:1"
+
+
+def test_key_points_under_a_heading_are_statements_each_with_its_own_list() -> None:
+    text = (
+        "Key Points - There are different types of treatment for patients with gastrointestinal "
+        "stromal tumors. - Four types of standard treatment are used: - Surgery - Targeted "
+        "therapy - Watchful waiting - Supportive care - New types of treatment are being tested "
+        "in clinical trials."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "There are different types of treatment for patients with gastrointestinal stromal tumors.",
+        "Four types of standard treatment are used: Surgery; Targeted therapy; Watchful "
+        "waiting; Supportive care.",
+        "New types of treatment are being tested in clinical trials.",
+    ]
+    # A list under a sentence keeps its items, even those that end with a full stop.
+    text = (
+        "Risk factors for vulvar cancer include the following: - Having vulvar intraepithelial "
+        "neoplasia (VIN). - Having human papillomavirus (HPV) infection. - Having a history of "
+        "genital warts."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Risk factors for vulvar cancer include the following: Having vulvar intraepithelial "
+        "neoplasia (VIN); Having human papillomavirus (HPV) infection; Having a history of "
+        "genital warts."
+    ]
+
+
+def test_space_before_punctuation_is_closed_and_pointers_to_resources_dropped() -> None:
+    text = (
+        "Physical exam and history : An exam of the body to check general signs of health , "
+        "such as lumps. The Genetic Testing Registry provides information about the genetic "
+        "tests for this condition. The intended audience for the GTR is health care providers "
+        "and researchers."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Physical exam and history: An exam of the body to check general signs of health, such "
+        "as lumps."
+    ]

@@ -26,6 +26,8 @@ SENTENCE_END = re.compile(
     r"(?:(?<=[.!?])|(?<=[.!?][)\"'\u201d]))\s+(?=[A-Z0-9(\"'])"
     r"|(?:(?<=[a-z]{3}\.)|(?<=[a-z]\)\.))(?=[A-Z][a-z])"
 )
+# Space the page put before punctuation ("hydrocephalus , and", "history : An exam").
+SPACE_BEFORE = re.compile(r"\s+([,;:.!?])(?=\s|$)")
 # "Conclusions: ", "Materials And Methods: ", "Summary : ": a heading, not a sentence's start.
 SECTION_LABEL = re.compile(r"^([A-Z][a-z]+(?: (?:[A-Z][a-z]+|and|of)){0,3}) ?:\s+")
 BULLET = re.compile(r"\s+-\s+")
@@ -40,6 +42,7 @@ BOILERPLATE = re.compile(
     r"|following list|phenotype ontology|the following\W*$|^see\b|this (?:summary|page|section)"
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
+    r"|\bprovides? information (?:about|on)\b|\bintended audience\b"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
     r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload"
     r"|\bprint(?:able|er)?\b"
@@ -184,7 +187,7 @@ def _line_sentences(line: str) -> Iterator[str]:
             yield signs
         yield from _line_sentences(line[table.end() :])
         return
-    for piece in SENTENCE_END.split(line):
+    for piece in SENTENCE_END.split(SPACE_BEFORE.sub(r"\1", " ".join(line.split()))):
         for item in _items(piece):
             for part in _inline_list(item.strip(" -\t")):
                 _, sentence = split_heading(part)
@@ -216,13 +219,31 @@ def sign_table(rows: str) -> str | None:
 def _items(piece: str) -> list[str]:
     """Bullets that are statements ("Key Points - X is ... - Y may ...") stand alone;
     bullets that are words ("include - fever - rash") or phrases in lower case ("can
-    include - more than one attack of acute arthritis - ...") belong to their sentence."""
+    include - more than one attack of acute arthritis - ...") belong to their sentence.
+    Under a heading ("Key Points - X is ... - Y are used: - Surgery - Radiation - Z
+    may ..."), each statement starts an item and the words after it are its list."""
     items = BULLET.split(piece)
     if len(items) > 1 and all(
         len(words(i)) >= MIN_WORDS and i.lstrip()[:1].isupper() for i in items[1:]
     ):
         return items
+    lead = items[0].strip()
+    heading = lead.split(" ")
+    if len(items) > 2 and all(HEADING_WORD.match(w) or w in SMALL_WORDS for w in heading):
+        groups: list[list[str]] = []
+        for item in items[1:]:
+            if not groups or _statement(item):
+                groups.append([item])
+            else:
+                groups[-1].append(item)
+        if len(groups) > 1:
+            return [" - ".join(group) for group in groups]
     return [piece]
+
+
+def _statement(item: str) -> bool:
+    item = item.strip()
+    return len(words(item)) >= MIN_WORDS and item[:1].isupper() and item.endswith((".", ":"))
 
 
 def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
@@ -292,7 +313,7 @@ def _inline_list(sentence: str) -> list[str]:
         return [sentence]  # "make saliva - sometimes called spit - and empty it": an aside
     last, after = _run_on(items[-1])
     items[-1] = last
-    listed = f"{items[0].rstrip(' :')}: {'; '.join(i.rstrip(' .;') for i in items[1:] if i)}."
+    listed = f"{items[0].rstrip(' :.')}: {'; '.join(i.rstrip(' .;') for i in items[1:] if i)}."
     return [listed, after] if after else [listed]
 
 
