@@ -453,3 +453,65 @@ def test_space_before_punctuation_is_closed_and_pointers_to_resources_dropped() 
         "Physical exam and history: An exam of the body to check general signs of health, such "
         "as lumps."
     ]
+
+
+def test_a_lead_in_after_a_full_stop_keeps_its_list_and_a_stray_item_is_dropped() -> None:
+    text = (
+        "- Acquired cystic kidney disease happens when a person's kidneys develop fluid-filled "
+        "sacs, called cysts, over time. - Acquired cystic kidney disease occurs in children and "
+        "adults who have - chronic kidney disease (CKD) - end-stage kidney disease (ESRD) - To "
+        "confirm the diagnosis, the health care provider may order one or more imaging tests: - "
+        "Ultrasound - Computerized tomography (CT) scan"
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Acquired cystic kidney disease happens when a person's kidneys develop fluid-filled "
+        "sacs, called cysts, over time.",
+        "Acquired cystic kidney disease occurs in children and adults who have: chronic kidney "
+        "disease (CKD); end-stage kidney disease (ESRD).",
+        "To confirm the diagnosis, the health care provider may order one or more imaging "
+        "tests: Ultrasound; Computerized tomography (CT) scan.",
+    ]
+    text = (
+        "Albumin in the urine may be a sign of kidney damage. - performing periodic ultrasounds "
+        "to monitor the damaged kidney and to make sure it continues to grow."
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "Albumin in the urine may be a sign of kidney damage."
+    ]
+
+
+async def test_a_passage_that_only_mentions_symptoms_does_not_answer_a_symptoms_question(
+    search: Search,
+) -> None:
+    tools = await search(
+        [
+            page(
+                "eds:6",
+                "Ehlers-Danlos syndrome",
+                "treatment",
+                "There is no specific cure for Ehlers-Danlos syndrome (EDS). The treatment and "
+                "management is focused on preventing serious complications and relieving "
+                "associated signs and symptoms.",
+            ),
+            page(
+                "eds:5",
+                "Ehlers-Danlos syndrome",
+                "exams and tests",
+                "A diagnosis of Ehlers-Danlos syndrome is typically based on the presence of "
+                "characteristic signs and symptoms. People with Ehlers-Danlos syndrome often "
+                "have abnormalities of certain types of collagen.",
+            ),
+            page(
+                "eds:1",
+                "Ehlers-Danlos syndrome",
+                "symptoms",
+                "People with the classical form of Ehlers-Danlos syndrome experience wounds "
+                "that split open with little bleeding. Signs and symptoms include joint "
+                "hypermobility and stretchy skin.",
+            ),
+        ]
+    )
+    answer = final(await run(tools, "What are the signs of Ehlers-Danlos syndrome?")).answer_data
+    assert "- Signs and symptoms include joint hypermobility and stretchy skin." in answer.answer
+    assert "relieving" not in answer.answer and "diagnosis of" not in answer.answer
+    assert answer.citations[0].source_id == "eds:1"

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from deepresearch.search.text import STOPWORDS, stem, words
-from deepresearch.search.understanding import Intent, Understanding
+from deepresearch.search.understanding import BY_NAME, Intent, Understanding
 from deepresearch.tools.base import Source
 
 # A sentence ends at ".", "!", "?" (or one closing a bracket or quote) before a capital;
@@ -116,6 +116,12 @@ SIGN_TABLE = re.compile(
 )
 SIGN_ROW = re.compile(r"(\S.*?) (\d+(?:\.\d+)?%)(?=\s|$)")
 MAX_SIGNS = 12  # rows quoted from such a table; the rest are counted
+# The words of some questions are mentioned by sentences that answer others: "Treatment
+# focuses on relieving signs and symptoms", "A diagnosis is based on characteristic signs and
+# symptoms", "The parents ... carry one copy of the mutated gene, but do not show signs and
+# symptoms". A sentence that reads as one of those (by its words outside the page's name) does
+# not answer the question, though it names what was asked.
+MENTIONED_BY = {"symptoms": ("treatment", "exams and tests", "inheritance", "genetic changes")}
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MAX_SOURCES, MAX_POINTS = 2, 4, 6
 FIRST_SENTENCES = 3  # a consumer-health passage answers in its first few sentences
@@ -220,30 +226,32 @@ def _items(piece: str) -> list[str]:
     """Bullets that are statements ("Key Points - X is ... - Y may ...") stand alone;
     bullets that are words ("include - fever - rash") or phrases in lower case ("can
     include - more than one attack of acute arthritis - ...") belong to their sentence.
-    Under a heading ("Key Points - X is ... - Y are used: - Surgery - Radiation - Z
-    may ..."), each statement starts an item and the words after it are its list."""
+    Under a heading or after a full stop ("Key Points - X is ... - Y are used: - Surgery
+    - Radiation - Z may ..."), each statement or lead-in starts an item and the words
+    after it are its list; words after the full stop itself belong to no sentence."""
     items = BULLET.split(piece)
-    if len(items) > 1 and all(
-        len(words(i)) >= MIN_WORDS and i.lstrip()[:1].isupper() for i in items[1:]
-    ):
+    if len(items) > 1 and all(_statement(i) for i in items[1:]):
         return items
     lead = items[0].strip()
-    heading = lead.split(" ")
-    if len(items) > 2 and all(HEADING_WORD.match(w) or w in SMALL_WORDS for w in heading):
-        groups: list[list[str]] = []
-        for item in items[1:]:
-            if not groups or _statement(item):
-                groups.append([item])
-            else:
-                groups[-1].append(item)
-        if len(groups) > 1:
-            return [" - ".join(group) for group in groups]
-    return [piece]
+    heading = all(HEADING_WORD.match(w) or w in SMALL_WORDS for w in lead.split(" "))
+    if not (heading or lead.endswith((".", "!", "?"))):
+        return [piece]
+    groups: list[list[str]] = [] if heading else [[lead]]
+    for at, item in enumerate(items[1:], start=1):
+        following = items[at + 1].lstrip() if at + 1 < len(items) else ""
+        starts = _statement(item) and (
+            item.rstrip().endswith((".", ":", "!", "?")) or following[:1].islower()
+        )
+        if starts or not groups or (not heading and len(groups) == 1):
+            groups.append([item])
+        else:
+            groups[-1].append(item)
+    return [" - ".join(group) for group in groups]
 
 
 def _statement(item: str) -> bool:
-    item = item.strip()
-    return len(words(item)) >= MIN_WORDS and item[:1].isupper() and item.endswith((".", ":"))
+    """A bullet that is a sentence, or a sentence's start, not a word or a phrase."""
+    return len(words(item)) >= MIN_WORDS and item.lstrip()[:1].isupper()
 
 
 def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
@@ -265,7 +273,12 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
         )
         if intent is not None:
             # A passage is quoted for a sentence that answers what was asked; then its next best.
-            answering = [pair for pair in ranked if intent.search(pair[1])]
+            named = set(words(source.title))
+            answering = [
+                pair
+                for pair in ranked
+                if intent.search(pair[1]) and not answers_another(pair[1], question, named)
+            ]
             ranked = answering[:1] + [pair for pair in ranked if pair not in answering[:1]]
             if not answering:
                 continue
@@ -280,6 +293,17 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
             chosen.append(Point(score, sentence, source))
             taken += 1
     return chosen
+
+
+def answers_another(sentence: str, question: Understanding, named: set[str]) -> bool:
+    """Whether ``sentence`` reads as the answer to a question that mentions the one asked
+    (``MENTIONED_BY``), by its words outside the page's name (``named``: "Albright's
+    hereditary osteodystrophy" names no inheritance)."""
+    others = MENTIONED_BY.get(question.intents[0], ()) if question.intents else ()
+    # A list answers what its lead-in says ("Signs and symptoms ...: Chromosome breakage").
+    lead = sentence.split(": ", 1)[0]
+    text = " ".join(w for w in words(lead) if w not in named)
+    return any(BY_NAME[name].cue.search(text) for name in others)
 
 
 def intent_pattern(intent: Intent | None) -> re.Pattern[str] | None:
