@@ -11,9 +11,11 @@ import pytest
 
 from deepresearch.agent import EvidenceDigestAgent
 from deepresearch.agent.digest import NOTHING_FOUND, PREAMBLE
-from deepresearch.agent.ranking import sentences, sign_table, split_heading
+from deepresearch.agent.ranking import answers_another, sentences, sign_table, split_heading
 from deepresearch.events import Completed, Event, FinalAnswer, FinalAnswerChunk, ToolCallStart
 from deepresearch.search import EvidenceIndex
+from deepresearch.search.understanding import understand
+from deepresearch.search.vocabulary import Vocabulary
 from deepresearch.services import IndexState, LocalSearch
 from deepresearch.tools.base import Tool
 from deepresearch.tools.search import SearchTool
@@ -515,3 +517,42 @@ async def test_a_passage_that_only_mentions_symptoms_does_not_answer_a_symptoms_
     assert "- Signs and symptoms include joint hypermobility and stretchy skin." in answer.answer
     assert "relieving" not in answer.answer and "diagnosis of" not in answer.answer
     assert answer.citations[0].source_id == "eds:1"
+
+
+def test_an_abstract_label_in_capitals_run_into_a_sentence_is_a_break() -> None:
+    text = (
+        "This study looks for a rebound aggravation of symptoms after treatment with "
+        "lansoprazole.STUDY: Sixty-two patients with heartburn were studied in a randomized "
+        "trial. The purpose was to explore the influence of music on stress during ventilatory "
+        "support.RESEARCH METHODOLOGY/"
+    )
+    assert [s for s, _, _ in sentences(text)] == [
+        "This study looks for a rebound aggravation of symptoms after treatment with lansoprazole.",
+        "Sixty-two patients with heartburn were studied in a randomized trial.",
+        "The purpose was to explore the influence of music on stress during ventilatory support.",
+    ]
+
+
+def test_a_sentence_answering_treatment_does_not_answer_what_causes_a_disease() -> None:
+    asked = understand("Why do people get Fowler's syndrome?", Vocabulary())
+    named = {"fowler", "syndrome"}
+    treated = (
+        "The urinary incontinence caused by Fowlers syndrome may be treated by neuromodulation."
+    )
+    assert answers_another(treated, asked, named)
+    assert not answers_another("The cause of Fowler's syndrome is not known.", asked, named)
+    # A list answers what its lead-in says; words in the page's name ask nothing.
+    symptoms = understand(
+        "What are the signs of Albright's hereditary osteodystrophy?", Vocabulary()
+    )
+    assert not answers_another(
+        "Albright's hereditary osteodystrophy is a syndrome with short stature and obesity.",
+        symptoms,
+        {"albright", "hereditary", "osteodystrophy"},
+    )
+    assert not answers_another(
+        "Signs and symptoms (approximate number of patients, when available): Abnormality of "
+        "chromosome stability 90%.",
+        symptoms,
+        {"n", "syndrome"},
+    )

@@ -26,6 +26,9 @@ SENTENCE_END = re.compile(
     r"(?:(?<=[.!?])|(?<=[.!?][)\"'\u201d]))\s+(?=[A-Z0-9(\"'])"
     r"|(?:(?<=[a-z]{3}\.)|(?<=[a-z]\)\.))(?=[A-Z][a-z])"
 )
+# An abstract's label in capitals run into the sentence before ("with lansoprazole.STUDY:
+# Sixty-two patients", "ventilatory support.RESEARCH METHODOLOGY/"): a break, not words.
+RUN_IN_LABEL = re.compile(r"(?<=[a-z)]\.)[A-Z]{2,}(?: [A-Z]{2,})*[:/]\s*")
 # Space the page put before punctuation ("hydrocephalus , and", "history : An exam").
 SPACE_BEFORE = re.compile(r"\s+([,;:.!?])(?=\s|$)")
 # "Conclusions: ", "Materials And Methods: ", "Summary : ": a heading, not a sentence's start.
@@ -121,7 +124,10 @@ MAX_SIGNS = 12  # rows quoted from such a table; the rest are counted
 # symptoms", "The parents ... carry one copy of the mutated gene, but do not show signs and
 # symptoms". A sentence that reads as one of those (by its words outside the page's name) does
 # not answer the question, though it names what was asked.
-MENTIONED_BY = {"symptoms": ("treatment", "exams and tests", "inheritance", "genetic changes")}
+MENTIONED_BY = {
+    "symptoms": ("treatment", "exams and tests", "inheritance", "genetic changes"),
+    "causes": ("treatment", "exams and tests"),
+}
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MAX_SOURCES, MAX_POINTS = 2, 4, 6
 FIRST_SENTENCES = 3  # a consumer-health passage answers in its first few sentences
@@ -193,7 +199,8 @@ def _line_sentences(line: str) -> Iterator[str]:
             yield signs
         yield from _line_sentences(line[table.end() :])
         return
-    for piece in SENTENCE_END.split(SPACE_BEFORE.sub(r"\1", " ".join(line.split()))):
+    line = SPACE_BEFORE.sub(r"\1", " ".join(RUN_IN_LABEL.sub(" ", line).split()))
+    for piece in SENTENCE_END.split(line):
         for item in _items(piece):
             for part in _inline_list(item.strip(" -\t")):
                 _, sentence = split_heading(part)
