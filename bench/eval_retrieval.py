@@ -3,6 +3,7 @@
 Usage: python bench/eval_retrieval.py [--split dev|test] [--k 1,5,10] [--limit N]
                                       [--corpus PATH] [--data-dir DIR] [--eval-dir DIR]
                                       [--skip-pubmedqa] [--skip-medquad] [--show-misses]
+                                      [--show-answers N]
 
 MedQuAD (``medquad-dev.jsonl``; consumer-style questions, each with the passages
 that answer it, and off-topic questions that nothing should answer), through the
@@ -13,7 +14,13 @@ real offline mode:
   ``gold_ids`` and its title is the question's ``focus``);
 - lead: the answer's first citation is one;
 - abstain: off-topic questions answered with no citation at all;
+- quoted: answers that quote at least one sentence (the others only name the
+  sources found), and the mean number of sentences quoted per answer;
 - seconds per question, p50 and p95.
+
+``--show-answers N`` prints the digests of the first N MedQuAD questions, to be
+read as a clinician would (headings run into sentences, quotes cut short,
+passages that mention the question's words without answering it).
 
 Over the PubMedQA questions of a split (each with the id of the abstract it was
 written from), two measures:
@@ -90,29 +97,42 @@ class MedQuad:
     answerable: int = 0
     abstained: int = 0
     off_topic: int = 0
+    quoted: int = 0  # answerable questions whose digest quotes at least one sentence
+    points: list[int] = field(default_factory=list)  # sentences quoted per answerable question
     seconds: list[float] = field(default_factory=list)
     misses: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         p50 = statistics.median(self.seconds)
         p95 = statistics.quantiles(self.seconds, n=20)[-1] if len(self.seconds) > 1 else p50
-        head = "| questions | hit | lead | off-topic without citations | p50 s | p95 s |"
+        head = (
+            "| questions | hit | lead | off-topic without citations | quoted | quotes (mean) "
+            "| p50 s | p95 s |"
+        )
+        n = max(1, self.answerable)
         row = (
-            f"| {self.answerable} + {self.off_topic} off-topic | "
-            f"{self.hits / max(1, self.answerable):.3f} | "
-            f"{self.leads / max(1, self.answerable):.3f} | {self.abstained} of {self.off_topic} | "
+            f"| {self.answerable} + {self.off_topic} off-topic | {self.hits / n:.3f} | "
+            f"{self.leads / n:.3f} | {self.abstained} of {self.off_topic} | "
+            f"{self.quoted / n:.3f} | {statistics.mean(self.points or [0]):.1f} | "
             f"{p50:.4f} | {p95:.4f} |"
         )
-        return "\n".join([head, "|---|---:|---:|---:|---:|---:|", row])
+        return "\n".join([head, "|---|---:|---:|---:|---:|---:|---:|---:|", row])
 
 
-def answers(citation: Any, item: dict[str, Any]) -> bool:
+def answers_question(citation: Any, item: dict[str, Any]) -> bool:
     return bool(
         citation.source_id.split("@")[0] in item["gold_ids"] and citation.title == item["focus"]
     )
 
 
-async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) -> MedQuad:
+def quotes(answer: str) -> int:
+    """The sentences a digest quotes: its lines that are list items."""
+    return sum(line.startswith("- ") for line in answer.splitlines())
+
+
+async def evaluate_medquad(
+    services: Any, path: Path, limit: int, show: bool, answers: int = 0
+) -> MedQuad:
     text = await anyio.Path(path).read_text()
     items = [json.loads(line) for line in text.splitlines() if line.strip()]
     items = items[:limit] if limit else items
@@ -121,10 +141,14 @@ async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) ->
         t0 = time.perf_counter()
         agent = EvidenceDigestAgent(f"medquad-{n}", services.tools)
         citations: list[Any] = []
+        answer = ""
         async for event in agent.run(item["question"]):
             if event.type == "final_answer":
                 citations = list(event.answer_data.citations)
+                answer = event.answer_data.answer
         measure.seconds.append(time.perf_counter() - t0)
+        if n < answers:
+            print(f"Q: {item['question']} [{item['question_type']}]\n{answer}\n")
         if not item["gold_ids"]:
             measure.off_topic += 1
             measure.abstained += not citations
@@ -132,7 +156,9 @@ async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) ->
                 measure.misses.append(f"off-topic cited: {item['question']}")
             continue
         measure.answerable += 1
-        ok = [answers(c, item) for c in citations]
+        measure.points.append(quotes(answer))
+        measure.quoted += measure.points[-1] > 0
+        ok = [answers_question(c, item) for c in citations]
         measure.hits += any(ok)
         measure.leads += bool(ok) and ok[0]
         if show and not (ok and ok[0]):
@@ -164,7 +190,11 @@ async def evaluate(args: argparse.Namespace) -> int:
         )
         if not args.skip_medquad:
             medquad = await evaluate_medquad(
-                services, args.eval_dir / "medquad-dev.jsonl", args.limit, args.show_misses
+                services,
+                args.eval_dir / "medquad-dev.jsonl",
+                args.limit,
+                args.show_misses,
+                args.show_answers,
             )
             print("MedQuAD dev, offline digest\n")
             print(medquad.table() + "\n")
@@ -213,6 +243,9 @@ def main() -> None:
     parser.add_argument("--skip-pubmedqa", action="store_true")
     parser.add_argument("--skip-medquad", action="store_true")
     parser.add_argument("--show-misses", action="store_true", help="list MedQuAD misses")
+    parser.add_argument(
+        "--show-answers", type=int, default=0, metavar="N", help="print the first N digests"
+    )
     sys.exit(asyncio.run(evaluate(parser.parse_args())))
 
 

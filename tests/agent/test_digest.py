@@ -556,3 +556,20 @@ def test_a_sentence_answering_treatment_does_not_answer_what_causes_a_disease() 
         symptoms,
         {"n", "syndrome"},
     )
+
+
+def test_a_sentence_on_testing_does_not_answer_whether_a_disease_is_inherited() -> None:
+    asked = understand("Is EEC syndrome passed down in families?", Vocabulary())
+    named = {"eec", "syndrome"}
+    prenatal = (
+        "Prenatal diagnosis for pregnancies at risk may also be available if the mutation in "
+        "the family is known."
+    )
+    assert answers_another(prenatal, asked, named)
+    inherited = "EEC syndrome is inherited in an autosomal dominant manner."
+    assert not answers_another(inherited, asked, named)
+    note = (
+        "Please note that most of the laboratories listed through GeneTests do not accept "
+        "direct contact from patients and their families."
+    )
+    assert list(sentences(note)) == []

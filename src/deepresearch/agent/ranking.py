@@ -45,7 +45,7 @@ BOILERPLATE = re.compile(
     r"|following list|phenotype ontology|the following\W*$|^see\b|this (?:summary|page|section)"
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
-    r"|\bprovides? information (?:about|on)\b|\bintended audience\b"
+    r"|\bprovides? information (?:about|on)\b|\bintended audience\b|\bplease\b|\bgenetests\b"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
     r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload"
     r"|\bprint(?:able|er)?\b"
@@ -127,6 +127,8 @@ MAX_SIGNS = 12  # rows quoted from such a table; the rest are counted
 MENTIONED_BY = {
     "symptoms": ("treatment", "exams and tests", "inheritance", "genetic changes"),
     "causes": ("treatment", "exams and tests"),
+    "inheritance": ("exams and tests", "treatment"),
+    "frequency": ("symptoms", "treatment"),
 }
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MAX_SOURCES, MAX_POINTS = 2, 4, 6
