@@ -46,6 +46,7 @@ BOILERPLATE = re.compile(
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
     r"|\bprovides? information (?:about|on)\b|\bintended audience\b|\bplease\b|\bgenetests\b"
+    r"|\bwe (?:recommend|suggest)\b"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
     r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload"
     r"|\bprint(?:able|er)?\b"
@@ -288,9 +289,14 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
                 for pair in ranked
                 if intent.search(pair[1]) and not answers_another(pair[1], question, named)
             ]
-            ranked = answering[:1] + [pair for pair in ranked if pair not in answering[:1]]
             if not answering:
                 continue
+            # Its next best need not answer too, but must not answer another question.
+            ranked = answering[:1] + [
+                pair
+                for pair in ranked
+                if pair not in answering[:1] and not answers_another(pair[1], question, named)
+            ]
         taken = 0
         for score, sentence in ranked:
             if taken == PER_SOURCE or len(chosen) == MAX_POINTS or score <= 0:
@@ -311,7 +317,8 @@ def answers_another(sentence: str, question: Understanding, named: set[str]) -> 
     others = MENTIONED_BY.get(question.intents[0], ()) if question.intents else ()
     # A list answers what its lead-in says ("Signs and symptoms ...: Chromosome breakage").
     lead = sentence.split(": ", 1)[0]
-    text = " ".join(w for w in words(lead) if w not in named)
+    # "For example" is no exam (the exams cue reads "exam..." as asking about tests).
+    text = " ".join(w for w in words(lead) if w not in named and w not in ("example", "examples"))
     return any(BY_NAME[name].cue.search(text) for name in others)
 
 
@@ -344,10 +351,20 @@ def _inline_list(sentence: str) -> list[str]:
     items = [_once(item.strip()) for item in BULLET.split(sentence)]
     if len(items) < 3 or (len(items) == 3 and items[2].split(" ")[0] in CONTINUATIONS):
         return [sentence]  # "make saliva - sometimes called spit - and empty it": an aside
-    last, after = _run_on(items[-1])
+    last, after = _run_on(_unrepeated(items))
     items[-1] = last
     listed = f"{items[0].rstrip(' :.')}: {'; '.join(i.rstrip(' .;') for i in items[1:] if i)}."
     return [listed, after] if after else [listed]
+
+
+def _unrepeated(items: list[str]) -> str:
+    """The last item without the whole list the page repeated after it with no marks
+    ("... - having blurry eyesight. being very thirsty frequent urination ... having
+    blurry eyesight.")."""
+    last = items[-1]
+    head, _, tail = last.partition(". ")
+    listed = " ".join(i.rstrip(" .") for i in [*items[1:-1], head])
+    return head if tail and tail.rstrip(" .") == listed else last
 
 
 def _once(item: str) -> str:
