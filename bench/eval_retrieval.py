@@ -33,7 +33,8 @@ written from), two measures:
   digest cites at most six sentences from at most six sources, so recall@10 can
   only count what was cited; "found" is the share citing gold anywhere (for the
   index: anywhere in its first max(k) results). "cited sources" is the mean number
-  of distinct sources a digest cites.
+  of distinct sources a digest cites; "conclusion quoted" is the share of questions
+  whose digest quotes, cited to the gold abstract, a sentence of its Conclusions.
 
 The corpus is read where it lies (default ``../shared/data/corpus`` next to the
 repository), never copied. The index lives in ``--data-dir`` (the server's
@@ -47,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import time
@@ -71,6 +73,7 @@ class Measure:
     seconds: list[float] = field(default_factory=list)
     no_answer: int | None = None  # for the digest: answers that were ``no_answer``
     cited: list[int] = field(default_factory=list)  # for the digest: sources per answer
+    concluded: list[bool] = field(default_factory=list)  # for the digest: gold's conclusion quoted
 
     def recall(self, k: int) -> float:
         return sum(r is not None and r <= k for r in self.ranks) / len(self.ranks)
@@ -83,7 +86,22 @@ class Measure:
         cells = [f"{self.recall(k):.3f}" for k in ks] + [f"{found:.3f}"]
         cells.append("-" if self.no_answer is None else f"{self.no_answer / n:.3f}")
         cells.append(f"{statistics.mean(self.cited):.1f}" if self.cited else "-")
+        cells.append(f"{statistics.mean(self.concluded):.3f}" if self.concluded else "-")
         return f"| {self.name} | " + " | ".join([*cells, f"{p50:.4f}", f"{p95:.4f}"]) + " |"
+
+
+def conclusion_quoted(answer: Any, gold: str) -> bool:
+    """Whether the digest quotes, cited to ``gold``, a sentence of its Conclusions."""
+    cited = next((c for c in answer.citations if c.source_id == gold), None)
+    if cited is None:
+        return False
+    found = re.search(r"^Conclusions?:(.*)$", cited.full_content, re.MULTILINE)
+    marker = f" [{cited.id}]"
+    return found is not None and any(
+        line[2:].removesuffix(marker)[:60] in found.group(1)
+        for line in answer.answer.splitlines()
+        if line.startswith("- ") and line.endswith(marker)
+    )
 
 
 def rank_of(gold: str, ids: list[str]) -> int | None:
@@ -214,16 +232,20 @@ async def evaluate(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             agent = EvidenceDigestAgent(f"eval-{n}", services.tools)
             cited: list[str] = []
+            concluded = False
             async for event in agent.run(question):
                 if event.type == "final_answer":
                     cited = [c.source_id for c in event.answer_data.citations]
+                    concluded = conclusion_quoted(event.answer_data, gold)
                 elif event.type == "no_answer":
                     digest.no_answer = (digest.no_answer or 0) + 1
             digest.seconds.append(time.perf_counter() - t0)
             digest.ranks.append(rank_of(gold, cited))
             digest.cited.append(len(cited))
+            digest.concluded.append(concluded)
 
-    head = [f"R@{k}" for k in ks] + ["found", "no_answer", "cited sources", "p50 s", "p95 s"]
+    head = [f"R@{k}" for k in ks] + ["found", "no_answer", "cited sources"]
+    head += ["conclusion quoted", "p50 s", "p95 s"]
     print(f"PubMedQA {args.split}, {len(questions)} questions\n")
     print("| measure | " + " | ".join(head) + " |")
     print("|---|" + "---:|" * len(head))

@@ -588,3 +588,30 @@ def test_a_list_the_page_repeated_without_its_marks_is_quoted_once() -> None:
         "Some common symptoms of diabetes are: being very thirsty; frequent urination; having "
         "blurry eyesight."
     ]
+
+
+async def test_an_abstract_is_quoted_for_its_conclusion_not_its_first_sentences(
+    search: Search,
+) -> None:
+    tools = await search(
+        [
+            {
+                "id": "pubmed:27491658",
+                "source": "PubMed",
+                "url": "https://pubmed.ncbi.nlm.nih.gov/27491658/",
+                "mesh": ["Transcatheter Aortic Valve Replacement"],
+                "text": "Background: The use of a balloon expandable stent valve includes balloon "
+                "predilatation of the aortic stenosis before valve deployment. The aim of the "
+                "study was to see whether or not balloon predilatation is necessary in "
+                "transcatheter aortic valve replacement (TAVI).\nMethods: Sixty consecutive TAVI "
+                "patients were randomized to the standard procedure or to a protocol where "
+                "balloon predilatation was omitted.\nConclusions: TAVI can be performed safely "
+                "without balloon predilatation and with the same early results as achieved with "
+                "the standard procedure including balloon predilatation.",
+            }
+        ]
+    )
+    question = "Can predilatation in transcatheter aortic valve implantation be omitted?"
+    answer = final(await run(tools, question)).answer_data.answer
+    quotes = [line for line in answer.splitlines() if line.startswith("- ")]
+    assert quotes[0].startswith("- TAVI can be performed safely without balloon predilatation")

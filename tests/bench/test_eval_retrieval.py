@@ -88,4 +88,6 @@ async def test_medquad_figures_count_hits_quotes_and_the_off_topic_abstentions(
         "2.0",
     ]
     digest = next(line for line in out.splitlines() if line.startswith("| digest citations |"))
-    assert digest.split("|")[2].strip() == "1.000"  # R@1: the gold abstract is cited first
+    cells = [cell.strip() for cell in digest.split("|")]
+    assert cells[2] == "1.000"  # R@1: the gold abstract is cited first
+    assert cells[7] == "1.000"  # and its conclusion quoted

@@ -274,10 +274,13 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
         if len(chosen) >= MAX_POINTS or len({p.source.source_id for p in chosen}) >= MAX_SOURCES:
             break
         topic = {stem(w) for w in words(source.title) if w not in STOPWORDS} | asked
+        quotable = list(sentences(source.text))
+        # An abstract's sections say where its answer is; only a page answers first.
+        first = 0 if any(weight != 1.0 for _, weight, _ in quotable) else FIRST_SENTENCES
         ranked: list[tuple[float, str]] = sorted(
             (
-                (_score(s, weight, position, topic, intent), s)
-                for s, weight, position in sentences(source.text)
+                (_score(s, weight, position, topic, intent, first), s)
+                for s, weight, position in quotable
             ),
             key=lambda pair: -pair[0],
         )
@@ -333,12 +336,13 @@ def _score(
     position: int,
     topic: set[str],
     intent: re.Pattern[str] | None,
+    first: int = FIRST_SENTENCES,
 ) -> float:
     stems = {stem(w) for w in words(sentence)}
     score = len(stems & topic) / max(1, len(topic)) + (TITLE_BONUS if stems & topic else 0.0)
     if intent is not None and intent.search(sentence):
         score += INTENT_BONUS
-    score += 0.5 if position < FIRST_SENTENCES else 0.0
+    score += 0.5 if position < first else 0.0
     return score * weight
 
 
