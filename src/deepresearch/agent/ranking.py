@@ -2,12 +2,16 @@
 
 The search (``search/relevance.py``) already put the passages that answer the
 question first: the page about its focus, the passage about its intent. Here each
-passage is cut into sentences (headings split off: MedQuAD runs them into the
-next sentence, "Future Treatments Scientists, doctors, and ..."), and each
-sentence is scored by what it says: the question's words and its focus's page
-title, the way an answer to its intent reads ("is treated with"), an abstract's
-conclusions over its methods, its place in the passage (NIH pages answer first).
-Boilerplate (links, phone numbers, lists of resources) is never quoted.
+passage is cut into sentences: the pages are flattened HTML, so headings run into
+the next sentence ("Attacks Usually Start at Night Gout is a form of ...") and are
+split off, bullets become one-line lists, a table of signs becomes one line and its
+reading note nothing. Each sentence is scored by what it says: the question's words
+and its focus's page title, the way an answer to its intent reads ("is treated
+with"), an abstract's conclusions over its methods, its place in the passage (NIH
+pages answer first). A sentence that answers another question while naming the one
+asked ("Treatment focuses on relieving signs and symptoms") does not answer it.
+Boilerplate (links, phone numbers, lists of resources) is never quoted. Why each
+rule: ``docs/design.md``, "How the digest reads to a clinician".
 """
 
 from __future__ import annotations
