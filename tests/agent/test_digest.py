@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,13 @@ import pytest
 
 from deepresearch.agent import EvidenceDigestAgent
 from deepresearch.agent.digest import NOTHING_FOUND, PREAMBLE
-from deepresearch.agent.ranking import answers_another, sentences, sign_table, split_heading
+from deepresearch.agent.ranking import (
+    answers_another,
+    reads_as,
+    sentences,
+    sign_table,
+    split_heading,
+)
 from deepresearch.events import Completed, Event, FinalAnswer, FinalAnswerChunk, ToolCallStart
 from deepresearch.search import EvidenceIndex
 from deepresearch.search.understanding import understand
@@ -615,3 +622,28 @@ async def test_an_abstract_is_quoted_for_its_conclusion_not_its_first_sentences(
     answer = final(await run(tools, question)).answer_data.answer
     quotes = [line for line in answer.splitlines() if line.startswith("- ")]
     assert quotes[0].startswith("- TAVI can be performed safely without balloon predilatation")
+
+
+async def test_examples_are_no_answer_about_exams(search: Search) -> None:
+    tools = await search(
+        [
+            page(
+                "peri:6",
+                "Pericarditis",
+                "exams and tests",
+                "Your doctor will diagnose pericarditis based on your medical history, a "
+                "physical exam, and the results from tests.",
+            ),
+            page(
+                "peri:7",
+                "Pericarditis",
+                "treatment",
+                "Most cases of pericarditis are mild; they clear up on their own or with rest "
+                "and simple treatment. Examples of these medicines include aspirin and ibuprofen.",
+            ),
+        ]
+    )
+    answer = final(await run(tools, "Which tests detect pericarditis?")).answer_data
+    assert "- Your doctor will diagnose pericarditis based on your medical history" in answer.answer
+    assert "Examples of these medicines" not in answer.answer
+    assert not reads_as(re.compile("exam"), "Examples of such disorders include lupus.")

@@ -135,6 +135,7 @@ MENTIONED_BY = {
     "inheritance": ("exams and tests", "treatment"),
     "frequency": ("symptoms", "treatment"),
 }
+EXAMPLE = re.compile(r"\b(?:for )?examples?\b", re.IGNORECASE)  # never a word about exams
 MIN_WORDS, MAX_WORDS = 6, 80  # shorter says nothing; longer is a list, not a sentence
 PER_SOURCE, MAX_SOURCES, MAX_POINTS = 2, 4, 6
 FIRST_SENTENCES = 3  # a consumer-health passage answers in its first few sentences
@@ -294,7 +295,7 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
             answering = [
                 pair
                 for pair in ranked
-                if intent.search(pair[1]) and not answers_another(pair[1], question, named)
+                if reads_as(intent, pair[1]) and not answers_another(pair[1], question, named)
             ]
             if not answering:
                 continue
@@ -317,6 +318,12 @@ def select(question: Understanding, sources: Sequence[Source]) -> list[Point]:
     return chosen
 
 
+def reads_as(intent: re.Pattern[str], sentence: str) -> bool:
+    """Whether ``sentence`` reads like an answer to the intent (``intent_pattern``);
+    "Examples of these medicines include aspirin" is no answer about exams."""
+    return intent.search(EXAMPLE.sub("", sentence)) is not None
+
+
 def answers_another(sentence: str, question: Understanding, named: set[str]) -> bool:
     """Whether ``sentence`` reads as the answer to a question that mentions the one asked
     (``MENTIONED_BY``), by its words outside the page's name (``named``: "Albright's
@@ -325,7 +332,7 @@ def answers_another(sentence: str, question: Understanding, named: set[str]) -> 
     # A list answers what its lead-in says ("Signs and symptoms ...: Chromosome breakage").
     lead = sentence.split(": ", 1)[0]
     # "For example" is no exam (the exams cue reads "exam..." as asking about tests).
-    text = " ".join(w for w in words(lead) if w not in named and w not in ("example", "examples"))
+    text = " ".join(w for w in words(EXAMPLE.sub("", lead)) if w not in named)
     return any(BY_NAME[name].cue.search(text) for name in others)
 
 
@@ -344,7 +351,7 @@ def _score(
 ) -> float:
     stems = {stem(w) for w in words(sentence)}
     score = len(stems & topic) / max(1, len(topic)) + (TITLE_BONUS if stems & topic else 0.0)
-    if intent is not None and intent.search(sentence):
+    if intent is not None and reads_as(intent, sentence):
         score += INTENT_BONUS
     score += 0.5 if position < first else 0.0
     return score * weight
