@@ -16,6 +16,12 @@ real offline mode:
 - abstain: off-topic questions answered with no citation at all;
 - quoted: answers that quote at least one sentence (the others only name the
   sources found), and the mean number of sentences quoted per answer;
+- flagged: quotes that read badly by a mechanical check (``flags``): opening with
+  three capitalised words (a heading or a list run in), not ending a sentence, space
+  before punctuation or a lost space ("disease.The"), repeating 80 % of an earlier
+  quote's words; and answers whose citations are not numbered in order of first
+  use. A reading aid: it cannot see a heading with small words in it, nor a quote
+  that does not answer;
 - seconds per question, p50 and p95.
 
 ``--show-answers N`` prints the digests of the first N MedQuAD questions, to be
@@ -116,6 +122,7 @@ class MedQuad:
     abstained: int = 0
     off_topic: int = 0
     quoted: int = 0  # answerable questions whose digest quotes at least one sentence
+    flagged: int = 0  # quotes (and answers' numbering) the mechanical check flags
     points: list[int] = field(default_factory=list)  # sentences quoted per answerable question
     seconds: list[float] = field(default_factory=list)
     misses: list[str] = field(default_factory=list)
@@ -125,16 +132,16 @@ class MedQuad:
         p95 = statistics.quantiles(self.seconds, n=20)[-1] if len(self.seconds) > 1 else p50
         head = (
             "| questions | hit | lead | off-topic without citations | quoted | quotes (mean) "
-            "| p50 s | p95 s |"
+            "| flagged | p50 s | p95 s |"
         )
         n = max(1, self.answerable)
         row = (
             f"| {self.answerable} + {self.off_topic} off-topic | {self.hits / n:.3f} | "
             f"{self.leads / n:.3f} | {self.abstained} of {self.off_topic} | "
             f"{self.quoted / n:.3f} | {statistics.mean(self.points or [0]):.1f} | "
-            f"{p50:.4f} | {p95:.4f} |"
+            f"{self.flagged} | {p50:.4f} | {p95:.4f} |"
         )
-        return "\n".join([head, "|---|---:|---:|---:|---:|---:|---:|---:|", row])
+        return "\n".join([head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|", row])
 
 
 def answers_question(citation: Any, item: dict[str, Any]) -> bool:
@@ -146,6 +153,31 @@ def answers_question(citation: Any, item: dict[str, Any]) -> bool:
 def quotes(answer: str) -> int:
     """The sentences a digest quotes: its lines that are list items."""
     return sum(line.startswith("- ") for line in answer.splitlines())
+
+
+def flags(answer: str) -> list[str]:
+    """What reads badly in a digest, by a mechanical check (see the module's doc)."""
+    found: list[str] = []
+    seen: list[set[str]] = []
+    for line in answer.splitlines():
+        if not line.startswith("- "):
+            continue
+        quote = re.sub(r" \[\d+\]$", "", line[2:])
+        tokens = quote.split()
+        if len(tokens) > 3 and all(t[:1].isupper() for t in tokens[:3]):
+            found.append(f"run-in heading or list: {quote[:80]}")
+        if not re.search(r"[.!?)\"\u201d%]$", quote):
+            found.append(f"cut short: ...{quote[-80:]}")
+        if re.search(r"  | [,.;:](?!\d)|[a-z]{2}\.[A-Z][a-z]", quote):
+            found.append(f"spacing: {quote[:80]}")
+        terms = set(re.findall(r"\w+", quote.lower()))
+        if any(len(terms & other) >= 0.8 * min(len(terms), len(other)) for other in seen):
+            found.append(f"repeated: {quote[:80]}")
+        seen.append(terms)
+    numbers = list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", answer)))
+    if numbers != sorted(numbers):
+        found.append(f"citations out of order: {numbers}")
+    return found
 
 
 async def evaluate_medquad(
@@ -174,6 +206,10 @@ async def evaluate_medquad(
                 measure.misses.append(f"off-topic cited: {item['question']}")
             continue
         measure.answerable += 1
+        flagged = flags(answer)
+        measure.flagged += len(flagged)
+        if show:
+            measure.misses.extend(f"flag: {item['question']}: {f}" for f in flagged)
         measure.points.append(quotes(answer))
         measure.quoted += measure.points[-1] > 0
         ok = [answers_question(c, item) for c in citations]

@@ -80,14 +80,35 @@ async def test_medquad_figures_count_hits_quotes_and_the_off_topic_abstentions(
     assert "- Gout is a form of arthritis that causes sudden onset" in out
     assert "Start at Night" not in out
     row = next(line for line in out.splitlines() if line.startswith("| 1 + 1 off-topic |"))
-    assert [cell.strip() for cell in row.split("|")[2:7]] == [
+    assert [cell.strip() for cell in row.split("|")[2:8]] == [
         "1.000",
         "1.000",
         "1 of 1",
         "1.000",
         "2.0",
+        "0",
     ]
     digest = next(line for line in out.splitlines() if line.startswith("| digest citations |"))
     cells = [cell.strip() for cell in digest.split("|")]
     assert cells[2] == "1.000"  # R@1: the gold abstract is cited first
     assert cells[7] == "1.000"  # and its conclusion quoted
+
+
+def test_the_mechanical_check_flags_what_reads_badly() -> None:
+    answer = "\n".join(
+        [
+            "**Gout**",
+            "- Other Signs And Symptoms These can include redness. [2]",
+            "- Acquired cystic kidney disease occurs in adults who have [1]",
+            "- Gout is caused by uric acid crystals.The joint swells. [2]",
+            "- Gout is caused by uric acid crystals in the joint. [1]",
+        ]
+    )
+    assert [flag.split(":")[0] for flag in eval_retrieval.flags(answer)] == [
+        "run-in heading or list",
+        "cut short",
+        "spacing",
+        "repeated",
+        "citations out of order",
+    ]
+    assert eval_retrieval.flags("- Gout is a form of arthritis. [1]\n- It is treated. [2]") == []
