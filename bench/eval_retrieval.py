@@ -3,6 +3,7 @@
 Usage: python bench/eval_retrieval.py [--split dev|test] [--k 1,5,10] [--limit N]
                                       [--corpus PATH] [--data-dir DIR] [--eval-dir DIR]
                                       [--skip-pubmedqa] [--skip-medquad] [--show-misses]
+                                      [--show-answers N]
 
 MedQuAD (``medquad-dev.jsonl``; consumer-style questions, each with the passages
 that answer it, and off-topic questions that nothing should answer), through the
@@ -13,7 +14,19 @@ real offline mode:
   ``gold_ids`` and its title is the question's ``focus``);
 - lead: the answer's first citation is one;
 - abstain: off-topic questions answered with no citation at all;
+- quoted: answers that quote at least one sentence (the others only name the
+  sources found), and the mean number of sentences quoted per answer;
+- flagged: quotes that read badly by a mechanical check (``flags``): opening with
+  three capitalised words (a heading or a list run in), not ending a sentence, space
+  before punctuation or a lost space ("disease.The"), repeating 80 % of an earlier
+  quote's words; and answers whose citations are not numbered in order of first
+  use. A reading aid: it cannot see a heading with small words in it, nor a quote
+  that does not answer;
 - seconds per question, p50 and p95.
+
+``--show-answers N`` prints the digests of the first N MedQuAD questions, to be
+read as a clinician would (headings run into sentences, quotes cut short,
+passages that mention the question's words without answering it).
 
 Over the PubMedQA questions of a split (each with the id of the abstract it was
 written from), two measures:
@@ -26,7 +39,8 @@ written from), two measures:
   digest cites at most six sentences from at most six sources, so recall@10 can
   only count what was cited; "found" is the share citing gold anywhere (for the
   index: anywhere in its first max(k) results). "cited sources" is the mean number
-  of distinct sources a digest cites.
+  of distinct sources a digest cites; "conclusion quoted" is the share of questions
+  whose digest quotes, cited to the gold abstract, a sentence of its Conclusions.
 
 The corpus is read where it lies (default ``../shared/data/corpus`` next to the
 repository), never copied. The index lives in ``--data-dir`` (the server's
@@ -40,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import time
@@ -64,6 +79,7 @@ class Measure:
     seconds: list[float] = field(default_factory=list)
     no_answer: int | None = None  # for the digest: answers that were ``no_answer``
     cited: list[int] = field(default_factory=list)  # for the digest: sources per answer
+    concluded: list[bool] = field(default_factory=list)  # for the digest: gold's conclusion quoted
 
     def recall(self, k: int) -> float:
         return sum(r is not None and r <= k for r in self.ranks) / len(self.ranks)
@@ -76,7 +92,22 @@ class Measure:
         cells = [f"{self.recall(k):.3f}" for k in ks] + [f"{found:.3f}"]
         cells.append("-" if self.no_answer is None else f"{self.no_answer / n:.3f}")
         cells.append(f"{statistics.mean(self.cited):.1f}" if self.cited else "-")
+        cells.append(f"{statistics.mean(self.concluded):.3f}" if self.concluded else "-")
         return f"| {self.name} | " + " | ".join([*cells, f"{p50:.4f}", f"{p95:.4f}"]) + " |"
+
+
+def conclusion_quoted(answer: Any, gold: str) -> bool:
+    """Whether the digest quotes, cited to ``gold``, a sentence of its Conclusions."""
+    cited = next((c for c in answer.citations if c.source_id == gold), None)
+    if cited is None:
+        return False
+    found = re.search(r"^Conclusions?:(.*)$", cited.full_content, re.MULTILINE)
+    marker = f" [{cited.id}]"
+    return found is not None and any(
+        line[2:].removesuffix(marker)[:60] in found.group(1)
+        for line in answer.answer.splitlines()
+        if line.startswith("- ") and line.endswith(marker)
+    )
 
 
 def rank_of(gold: str, ids: list[str]) -> int | None:
@@ -90,29 +121,68 @@ class MedQuad:
     answerable: int = 0
     abstained: int = 0
     off_topic: int = 0
+    quoted: int = 0  # answerable questions whose digest quotes at least one sentence
+    flagged: int = 0  # quotes (and answers' numbering) the mechanical check flags
+    points: list[int] = field(default_factory=list)  # sentences quoted per answerable question
     seconds: list[float] = field(default_factory=list)
     misses: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         p50 = statistics.median(self.seconds)
         p95 = statistics.quantiles(self.seconds, n=20)[-1] if len(self.seconds) > 1 else p50
-        head = "| questions | hit | lead | off-topic without citations | p50 s | p95 s |"
-        row = (
-            f"| {self.answerable} + {self.off_topic} off-topic | "
-            f"{self.hits / max(1, self.answerable):.3f} | "
-            f"{self.leads / max(1, self.answerable):.3f} | {self.abstained} of {self.off_topic} | "
-            f"{p50:.4f} | {p95:.4f} |"
+        head = (
+            "| questions | hit | lead | off-topic without citations | quoted | quotes (mean) "
+            "| flagged | p50 s | p95 s |"
         )
-        return "\n".join([head, "|---|---:|---:|---:|---:|---:|", row])
+        n = max(1, self.answerable)
+        row = (
+            f"| {self.answerable} + {self.off_topic} off-topic | {self.hits / n:.3f} | "
+            f"{self.leads / n:.3f} | {self.abstained} of {self.off_topic} | "
+            f"{self.quoted / n:.3f} | {statistics.mean(self.points or [0]):.1f} | "
+            f"{self.flagged} | {p50:.4f} | {p95:.4f} |"
+        )
+        return "\n".join([head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|", row])
 
 
-def answers(citation: Any, item: dict[str, Any]) -> bool:
+def answers_question(citation: Any, item: dict[str, Any]) -> bool:
     return bool(
         citation.source_id.split("@")[0] in item["gold_ids"] and citation.title == item["focus"]
     )
 
 
-async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) -> MedQuad:
+def quotes(answer: str) -> int:
+    """The sentences a digest quotes: its lines that are list items."""
+    return sum(line.startswith("- ") for line in answer.splitlines())
+
+
+def flags(answer: str) -> list[str]:
+    """What reads badly in a digest, by a mechanical check (see the module's doc)."""
+    found: list[str] = []
+    seen: list[set[str]] = []
+    for line in answer.splitlines():
+        if not line.startswith("- "):
+            continue
+        quote = re.sub(r" \[\d+\]$", "", line[2:])
+        tokens = quote.split()
+        if len(tokens) > 3 and all(t[:1].isupper() for t in tokens[:3]):
+            found.append(f"run-in heading or list: {quote[:80]}")
+        if not re.search(r"[.!?)\"\u201d%]$", quote):
+            found.append(f"cut short: ...{quote[-80:]}")
+        if re.search(r"  | [,.;:](?!\d)|[a-z]{2}\.[A-Z][a-z]", quote):
+            found.append(f"spacing: {quote[:80]}")
+        terms = set(re.findall(r"\w+", quote.lower()))
+        if any(len(terms & other) >= 0.8 * min(len(terms), len(other)) for other in seen):
+            found.append(f"repeated: {quote[:80]}")
+        seen.append(terms)
+    numbers = list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", answer)))
+    if numbers != sorted(numbers):
+        found.append(f"citations out of order: {numbers}")
+    return found
+
+
+async def evaluate_medquad(
+    services: Any, path: Path, limit: int, show: bool, answers: int = 0
+) -> MedQuad:
     text = await anyio.Path(path).read_text()
     items = [json.loads(line) for line in text.splitlines() if line.strip()]
     items = items[:limit] if limit else items
@@ -121,10 +191,14 @@ async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) ->
         t0 = time.perf_counter()
         agent = EvidenceDigestAgent(f"medquad-{n}", services.tools)
         citations: list[Any] = []
+        answer = ""
         async for event in agent.run(item["question"]):
             if event.type == "final_answer":
                 citations = list(event.answer_data.citations)
+                answer = event.answer_data.answer
         measure.seconds.append(time.perf_counter() - t0)
+        if n < answers:
+            print(f"Q: {item['question']} [{item['question_type']}]\n{answer}\n")
         if not item["gold_ids"]:
             measure.off_topic += 1
             measure.abstained += not citations
@@ -132,7 +206,13 @@ async def evaluate_medquad(services: Any, path: Path, limit: int, show: bool) ->
                 measure.misses.append(f"off-topic cited: {item['question']}")
             continue
         measure.answerable += 1
-        ok = [answers(c, item) for c in citations]
+        flagged = flags(answer)
+        measure.flagged += len(flagged)
+        if show:
+            measure.misses.extend(f"flag: {item['question']}: {f}" for f in flagged)
+        measure.points.append(quotes(answer))
+        measure.quoted += measure.points[-1] > 0
+        ok = [answers_question(c, item) for c in citations]
         measure.hits += any(ok)
         measure.leads += bool(ok) and ok[0]
         if show and not (ok and ok[0]):
@@ -164,7 +244,11 @@ async def evaluate(args: argparse.Namespace) -> int:
         )
         if not args.skip_medquad:
             medquad = await evaluate_medquad(
-                services, args.eval_dir / "medquad-dev.jsonl", args.limit, args.show_misses
+                services,
+                args.eval_dir / "medquad-dev.jsonl",
+                args.limit,
+                args.show_misses,
+                args.show_answers,
             )
             print("MedQuAD dev, offline digest\n")
             print(medquad.table() + "\n")
@@ -184,16 +268,20 @@ async def evaluate(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             agent = EvidenceDigestAgent(f"eval-{n}", services.tools)
             cited: list[str] = []
+            concluded = False
             async for event in agent.run(question):
                 if event.type == "final_answer":
                     cited = [c.source_id for c in event.answer_data.citations]
+                    concluded = conclusion_quoted(event.answer_data, gold)
                 elif event.type == "no_answer":
                     digest.no_answer = (digest.no_answer or 0) + 1
             digest.seconds.append(time.perf_counter() - t0)
             digest.ranks.append(rank_of(gold, cited))
             digest.cited.append(len(cited))
+            digest.concluded.append(concluded)
 
-    head = [f"R@{k}" for k in ks] + ["found", "no_answer", "cited sources", "p50 s", "p95 s"]
+    head = [f"R@{k}" for k in ks] + ["found", "no_answer", "cited sources"]
+    head += ["conclusion quoted", "p50 s", "p95 s"]
     print(f"PubMedQA {args.split}, {len(questions)} questions\n")
     print("| measure | " + " | ".join(head) + " |")
     print("|---|" + "---:|" * len(head))
@@ -213,6 +301,9 @@ def main() -> None:
     parser.add_argument("--skip-pubmedqa", action="store_true")
     parser.add_argument("--skip-medquad", action="store_true")
     parser.add_argument("--show-misses", action="store_true", help="list MedQuAD misses")
+    parser.add_argument(
+        "--show-answers", type=int, default=0, metavar="N", help="print the first N digests"
+    )
     sys.exit(asyncio.run(evaluate(parser.parse_args())))
 
 
