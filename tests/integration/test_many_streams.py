@@ -90,7 +90,11 @@ async def test_the_served_process_runs_python_in_its_sandbox(tmp_path: Path) -> 
     with (
         simulator() as sim,
         server(
-            tmp_path / "data", DEEPRESEARCH_CORPUS=str(corpus), DEEPRESEARCH_LLM_URL=sim.url
+            tmp_path / "data",
+            DEEPRESEARCH_CORPUS=str(corpus),
+            DEEPRESEARCH_LLM_URL=sim.url,
+            # Not root, the server runs code as its own user only when allowed to.
+            DEEPRESEARCH_PYTHON_SAME_USER="true",
         ) as app,
     ):
         async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:

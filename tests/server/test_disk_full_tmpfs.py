@@ -50,7 +50,10 @@ class SmallDisk:
         enter: list[str] = []
         if not self.root:
             assert self.server_pid is not None
+            # Keeping our credentials: the namespace's root is us (``--map-root-user``
+            # denies setgroups there, which entering it with new credentials would call).
             enter = ["nsenter", "--target", str(self.server_pid), "--user", "--mount"]
+            enter.append("--preserve-credentials")
         return subprocess.run(
             [*enter, "sh", "-c", script, str(path)], capture_output=True, text=True, check=False
         )

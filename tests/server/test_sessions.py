@@ -246,7 +246,9 @@ async def test_client_keys_guard_every_route_but_health(make_settings: MakeSetti
 
 
 async def test_the_model_can_run_python_in_the_sandbox(make_settings: MakeSettings) -> None:
-    async with running_app(make_settings()) as url, httpx.AsyncClient(base_url=url) as client:
+    # Not root, the server runs code as its own user only when the operator allows it.
+    settings = make_settings(python_same_user=True)
+    async with running_app(settings) as url, httpx.AsyncClient(base_url=url) as client:
         result = await stream(client, {"question": "tok-py [sim:python]"})
         assert result.types[-1] == "completed"
         ran = next(e for e in result.events if e.type == "tool_result").data
