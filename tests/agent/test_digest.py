@@ -586,6 +586,16 @@ def test_a_sentence_on_testing_does_not_answer_whether_a_disease_is_inherited() 
     assert list(sentences(note)) == []
 
 
+def test_a_lead_in_to_a_list_is_not_quoted_on_its_own() -> None:
+    """NIHSeniorHealth's "Here are the types of medicines used to treat high blood
+    pressure." announces items that follow as sentences of their own: it says nothing
+    itself. A lead-in that carries its list (after a colon) is kept."""
+    lead_in = "Here are the types of medicines used to treat high blood pressure."
+    assert list(sentences(lead_in)) == []
+    with_list = "Here are the common types: diuretics; beta blockers; ACE inhibitors."
+    assert [s for s, _, _ in sentences(with_list)] == [with_list]
+
+
 def test_a_list_the_page_repeated_without_its_marks_is_quoted_once() -> None:
     text = (
         "Some common symptoms of diabetes are - being very thirsty - frequent urination - "

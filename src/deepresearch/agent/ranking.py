@@ -50,7 +50,7 @@ BOILERPLATE = re.compile(
     r"|questions to ask|ask your doctor|\?$|\bpage called\b|\bwritten for\b|useful to anyone"
     r"|\bprovides? (?:a |an )?(?:good |brief |detailed )?(?:overview|summary|review)\b"
     r"|\bprovides? information (?:about|on)\b|\bintended audience\b|\bplease\b|\bgenetests\b"
-    r"|\bwe (?:recommend|suggest)\b"
+    r"|\bwe (?:recommend|suggest)\b|^here (?:are|is)\b[^:]*$"
     r"|\bhas (?:a|an) (?:in-depth |detailed )?(?:review|page|article|section)\b"
     r"|medical dictionary|table below|\bvideos?\b|\bkeyboard\b|\bbutton\b|\bdownload"
     r"|\bprint(?:able|er)?\b"
