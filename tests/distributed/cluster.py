@@ -26,9 +26,9 @@ from tests.support import (
     wait_until_healthy,
 )
 
-# Small, so that a dead worker's sessions are taken over in seconds (heartbeat 4 s,
-# sweep 1 s, abort wait 1 s).
-RECOVERY_SECONDS = 6
+# Small, so that a dead worker's sessions are taken over in seconds (heartbeat 5 s,
+# sweep 1 s, abort wait 0.1 s), with room for a worker stalled ~3.5 s on a loaded machine.
+RECOVERY_SECONDS = 8
 SLOTS_PER_WORKER = 3
 ADMIN_KEY = "admin-key-for-tests"
 
