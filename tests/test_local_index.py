@@ -302,3 +302,38 @@ async def test_accented_and_composed_queries_find_what_the_index_folded(tmp_path
             assert [r.source_id for r in results] == ["medquad:s1"], query
     finally:
         index.close()
+
+
+async def test_a_kind_of_disease_also_finds_its_parent_topics_answer(
+    index: EvidenceIndex, tmp_path: Path
+) -> None:
+    """ "How should type 2 diabetes be managed?": the type 2 page says what it is; the
+    treatment passage is on the page of what it is a kind of ("Diabetes"), which speaks
+    of type 2 diabetes as its own. Another disease's page that mentions it in passing
+    stays out."""
+
+    def page(rid: str, title: str, kind: str, asked: str, text: str) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "source": "NIH",
+            "title": title,
+            "question_type": kind,
+            "question": f"{asked} {title} ?",
+            "text": text,
+        }
+
+    records = [
+        page("t2", "Diabetes Type 2", "information", "What is (are)",
+             "With type 2 diabetes, your body does not make or use insulin well."),
+        page("dm", "Diabetes", "treatment", "What are the treatments for",
+             "Diabetes cannot be cured, but it can be managed. Many people with type 2 "
+             "diabetes can control blood glucose levels with diet and exercise alone."),
+        page("ob", "Obesity", "treatment", "What are the treatments for",
+             "Losing weight lowers the risk of type 2 diabetes. Diet and exercise come first."),
+        page("dx", "Diabetes", "information", "What is (are)",
+             "Diabetes means your blood glucose is too high."),
+    ]  # fmt: skip
+    await index.build([write_jsonl(tmp_path / "c.jsonl", records)])
+    found = [r.source_id for r in await index.search("How should type 2 diabetes be managed?")]
+    assert found[0] == "t2"
+    assert "dm" in found and "ob" not in found

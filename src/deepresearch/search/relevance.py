@@ -7,8 +7,10 @@ words (each weighed by its rarity). A passage earns each part's weight times how
 well it meets it:
 
 - focus: 1 if the passage's page is about it (its title is one of the focus's
-  pages), 0.8 if its title or question names it, 0.5 if its text does (a passing
-  mention in another disease's page), else a share of the focus words it has;
+  pages), 0.8 if its title or question names it, 0.75 if its text does on the page
+  of what the focus is a kind of ("Diabetes" for type 2 diabetes), 0.5 if its text
+  does elsewhere (a passing mention in another disease's page), else a share of the
+  focus words it has;
 - intent: how well the passage's question type answers it (``Intent.answers``:
   1 for a treatment passage asked about treatment, less for a related type);
   for a passage with no type (an abstract), 0.75 if its text reads like an answer;
@@ -46,6 +48,7 @@ MIN_SCORE = 0.6  # below this share of the question, a passage does not answer i
 # has words its abstract does not: "a disaster waiting to happen?").
 KNOWN_ITEM_WEIGHT, KNOWN_ITEM_SCORE, KNOWN_ITEM_PARTS = 1.3, 0.35, 5
 NEAR_BEST = 0.8  # kept: passages within this share of the best one
+PARENT_TOPIC = 0.75  # the focus met by the page of what it is a kind of (see _focus_match)
 TIE_BREAK = 0.01  # BM25's rank decides between equal coverage
 
 
@@ -189,10 +192,21 @@ def _focus_match(passage: Passage, focus: Focus, names: set[str], head: str, bod
     if any(_heads(name, head) for name in names):
         return 0.8
     if any(_has(name, body) for name in names):
-        return 0.5
+        # The page of what the focus is a kind of ("Diabetes" for type 2 diabetes) speaks
+        # of the kind as part of its subject ("Many people with type 2 diabetes can ..."),
+        # not in passing as another disease's page does.
+        return PARENT_TOPIC if _is_parent(passage.title, focus) else 0.5
     forms = [word_forms(w) for w in focus.words]
     have = sum(bool(f.search(head) or f.search(body)) for f in forms)
     return 0.4 * have / max(1, len(forms))
+
+
+def _is_parent(title: str, focus: Focus) -> bool:
+    """Whether ``title`` names what the focus is a kind of: the focus's last words,
+    fewer than all of them ("Diabetes" of "type 2 diabetes")."""
+    named = fold(title).split()
+    said = [fold(w) for w in focus.words]
+    return 0 < len(named) < len(said) and said[-len(named) :] == named
 
 
 def _intent_match(passage: Passage, intents: tuple[str, ...], body: str) -> float:
