@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from deepresearch.llm.base import public_url
 from tests.distributed.cluster import ADMIN_KEY, Cluster, eventually
 from tests.redis_server import RedisServer
-from tests.support import Process
+from tests.support import Process, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,6 +26,7 @@ name = "admin"
 role = "admin"
 key = "{ADMIN_KEY}"
 """
+SECRET = "s3cret-in-the-url"
 
 
 def worker_named(workers: list[dict[str, Any]], proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -82,5 +84,66 @@ async def test_health_reports_the_live_workers_index_and_sandbox(
         reason = details["code_execution_reason"]
         for entry in workers:  # names every worker that cannot run code, and only those
             assert (entry["name"] in reason) is (not entry["code_execution"])
+    finally:
+        cluster.stop()
+
+
+async def test_health_reports_the_workers_view_of_the_llm_backends(
+    durable_redis: RedisServer, llm: Process, tmp_path: Path
+) -> None:
+    """One worker calls the simulator, the other a URL nothing listens on (with a
+    password in it): /health counts the backends the workers use, healthy when some
+    worker's pool sees it so, and never shows the password."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(KEYS)
+    empty = tmp_path / "no-corpus"  # no index to build: the test is about the models
+    cluster = Cluster(durable_redis, tmp_path / "cluster", llm.url, empty, "health-llm")
+    cluster.env |= {"DEEPRESEARCH_KEYS_FILE": str(keys), "DEEPRESEARCH_CORPUS": str(empty)}
+    dead_url = f"http://probe:{SECRET}@127.0.0.1:{free_port()}/v1"
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        node = cluster.start_node()  # configured with the simulator: its own view is not asked
+        dead = cluster.start_worker(DEEPRESEARCH_LLM_URL=dead_url, DEEPRESEARCH_LLM_RETRIES="0")
+        cluster.wait_for_workers(1)
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            # Alone, the dead worker takes the session: its call fails, its pool says so.
+            failed = await client.post("/chat", json={"question": "What is anemia?"}, headers=admin)
+            assert failed.json()["status"] == "failed"
+            live = cluster.start_worker()
+            cluster.wait_for_workers(2)
+
+            async def live_worker_has_called_its_model() -> dict[str, Any] | None:
+                """A session more (either worker may take it), then the admin's view
+                once the live worker's pool has seen its backend answer."""
+                await client.post("/chat", json={"question": "What is anemia?"}, headers=admin)
+                health: dict[str, Any] = (await client.get("/health", headers=admin)).json()
+                entry = worker_named(health["cluster"]["workers"], live)
+                return health if entry["llm"][0]["healthy"] else None
+
+            details = await eventually(
+                live_worker_has_called_its_model, 60, "a session on the live worker", every=0
+            )
+            public = (await client.get("/health")).json()
+            texts = [(await client.get("/health", headers=admin)).text, str(public)]
+
+        # Anyone: the contract's counts, the workers' backends: 2 used, 1 healthy.
+        assert public["llm"] == {"backends": 2, "healthy": 1}
+        # An admin: each backend once, combined over the workers, and each worker's view.
+        by_url = {backend["url"]: backend for backend in details["llm"]["backends"]}
+        assert details["llm"]["configured"] is True and details["llm"]["healthy"] == 1
+        assert set(by_url) == {public_url(llm.url), public_url(dead_url)}
+        assert by_url[public_url(llm.url)]["healthy"] is True
+        assert by_url[public_url(llm.url)]["workers_healthy"] == 1
+        gone = by_url[public_url(dead_url)]
+        assert gone["healthy"] is False and gone["workers_healthy"] == 0
+        assert gone["last_error"].startswith(
+            worker_named(details["cluster"]["workers"], dead)["name"]
+        )
+        [dead_view] = worker_named(details["cluster"]["workers"], dead)["llm"]
+        assert dead_view["url"] == public_url(dead_url) and dead_view["healthy"] is False
+        [live_view] = worker_named(details["cluster"]["workers"], live)["llm"]
+        assert live_view["url"] == public_url(llm.url) and live_view["healthy"] is True
+        # The password in the dead worker's URL is nowhere.
+        assert all(SECRET not in text for text in texts)
     finally:
         cluster.stop()

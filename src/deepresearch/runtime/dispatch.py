@@ -51,7 +51,7 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -79,6 +79,7 @@ from deepresearch.events import (
     Timeout,
 )
 from deepresearch.events import utc_now as now_utc
+from deepresearch.llm.base import BackendState
 from deepresearch.runtime.admission import QuotaExceeded
 from deepresearch.runtime.deltas import WireView
 from deepresearch.runtime.follower import first_page
@@ -104,6 +105,7 @@ from deepresearch.sessions.redis import (
     RedisSessionStore,
 )
 from deepresearch.sessions.redis_tails import TailHub
+from deepresearch.sessions.redis_workers import WorkerInfo
 
 log = logging.getLogger("deepresearch.dispatch")
 
@@ -429,7 +431,9 @@ class Cluster:
         what every live worker has: ``index.documents`` is the smallest index among
         them, ``code_execution`` holds when every one can run code (none alive: no);
         ``index.building`` says some worker is still building (its sessions' searches
-        wait for it)."""
+        wait for it). Only workers call the models, so ``llm`` is theirs too: a backend
+        (its URL and model) counts once however many workers use it, and counts
+        healthy when some live worker's pool sees it healthy (``cluster_llm``)."""
         try:
             workers = await self.workers.alive()
             queued = await self.queue.count("queued")
@@ -442,6 +446,7 @@ class Cluster:
                 "redis": "unreachable",
                 "index": nothing | ({"error": unknown} if details else {}),
                 "code_execution": False,
+                "llm": {"backends": 0, "healthy": 0},
             }
             if details:
                 answer["code_execution_reason"] = unknown
@@ -453,6 +458,8 @@ class Cluster:
             "building": any(worker.index_building for worker in workers),
             "documents": min((worker.documents for worker in workers), default=0),
         }
+        backends = cluster_llm(workers)
+        healthy = sum(1 for backend in backends if backend.healthy)
         answer = {
             "active_sessions": running,
             "queued_sessions": queued,
@@ -461,8 +468,14 @@ class Cluster:
             "workers": len(workers),
             "index": index,
             "code_execution": code,
+            "llm": {"backends": len(backends), "healthy": healthy},
         }
         if details:
+            answer["llm"] = {
+                "configured": bool(backends),
+                "backends": [vars(backend) for backend in backends],
+                "healthy": healthy,
+            }
             errors = [f"{w.name}: {w.index_error}" for w in workers if w.index_error]
             index["error"] = "; ".join(errors) or None
             answer["code_execution_reason"] = (
@@ -487,11 +500,53 @@ class Cluster:
                         "index": worker.index(),
                         "code_execution": worker.code_execution,
                         "code_execution_reason": worker.code_execution_reason,
+                        # None: a worker from before beats carried its backends
+                        "llm": None
+                        if worker.llm is None
+                        else [vars(state) for state in worker.llm],
                     }
                     for worker in workers
                 ],
             }
         return answer
+
+
+@dataclass(frozen=True)
+class ClusterBackend:
+    """One LLM backend as the live workers see it, for ``/health``."""
+
+    url: str  # without credentials (``public_url``)
+    model: str | None
+    healthy: bool | None  # some worker sees it healthy; None: no worker has used it yet
+    workers: int  # live workers configured with it
+    workers_healthy: int  # of those, the ones whose pool sees it healthy
+    last_error: str | None  # each worker's that sees it unhealthy: "name: error; ..."
+
+
+def cluster_llm(workers: Sequence[WorkerInfo]) -> list[ClusterBackend]:
+    """The live workers' backends, each once (by URL and model), in first-seen order.
+    Healthy when some worker sees it healthy (a session on that worker can use it);
+    unhealthy when a worker has seen it fail and none sees it healthy; None when no
+    worker has used it yet. A worker from before beats carried backends adds none."""
+    seen: dict[tuple[str, str | None], list[tuple[str, BackendState]]] = {}
+    for worker in workers:
+        for state in worker.llm or ():
+            seen.setdefault((state.url, state.model), []).append((worker.name, state))
+    backends = []
+    for (url, model), views in seen.items():
+        verdicts = [state.healthy for _, state in views]
+        errors = [f"{name}: {state.last_error}" for name, state in views if state.last_error]
+        backends.append(
+            ClusterBackend(
+                url=url,
+                model=model,
+                healthy=True if True in verdicts else (False if False in verdicts else None),
+                workers=len(views),
+                workers_healthy=verdicts.count(True),
+                last_error="; ".join(errors) or None,
+            )
+        )
+    return backends
 
 
 @dataclass(frozen=True)

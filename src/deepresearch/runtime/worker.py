@@ -164,6 +164,7 @@ class SessionWorker:
     async def _beat_forever(self) -> None:
         index = self._services.index_state
         sandbox = self._services.sandbox
+        model = self._services.model
         while True:
             info = WorkerInfo(
                 name=self.name,
@@ -176,6 +177,7 @@ class SessionWorker:
                 index_error=index.error,
                 code_execution=sandbox.available is True,
                 code_execution_reason=sandbox.reason or None,
+                llm=tuple(model.states()) if model is not None else (),
             )
             try:
                 await self._cluster.workers.beat(info, ttl=3 * WORKER_BEAT)

@@ -2,7 +2,9 @@
 
 Each worker beats every few seconds: it writes ``p:worker:<name>`` (a hash: its
 slots, sessions running, when it started, when it beat, its evidence index's
-documents and state, whether it can run code and why not), with a TTL of a few
+documents and state, whether it can run code and why not, its LLM pool's view of
+each backend as single-process ``/health`` shows it: ``BackendState``, URLs without
+credentials, as JSON), with a TTL of a few
 beats, and keeps its name in ``p:workers``. A worker that dies stops beating and
 its hash expires; ``alive`` drops it from the set when it finds it gone. The
 cluster's concurrency is the sum of the live workers' slots.
@@ -10,14 +12,18 @@ cluster's concurrency is the sum of the live workers' slots.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import cast
 
 from redis.asyncio import Redis
 
+from deepresearch.llm.base import BackendState
 from deepresearch.sessions.redis_scripts import RedisKeys
+
+_STATE_FIELDS = frozenset(f.name for f in fields(BackendState))
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class WorkerInfo:
     index_error: str | None = None  # its index build failed
     code_execution: bool = False  # its sandbox runs code
     code_execution_reason: str | None = None  # why not, when it does not
+    # Its LLM pool's view of each backend (() offline; None: a worker from before this).
+    llm: tuple[BackendState, ...] | None = None
 
     def index(self) -> dict[str, object]:
         """Its index as ``/health`` shows one (``IndexState.public``)."""
@@ -80,6 +88,7 @@ class RedisWorkers:
                     "index_error": info.index_error or "",  # "": none
                     "code_execution": int(info.code_execution),
                     "code_execution_reason": info.code_execution_reason or "",
+                    "llm": _dump_states(info.llm),
                 },
             )
             pipe.pexpire(key, max(1, int(ttl * 1000)))
@@ -116,6 +125,7 @@ class RedisWorkers:
                 index_error=row.get("index_error") or None,
                 code_execution=row.get("code_execution") == "1",
                 code_execution_reason=row.get("code_execution_reason") or None,
+                llm=_load_states(row.get("llm")),
             )
             for name, row in zip(names, rows, strict=True)
             if row
@@ -128,3 +138,18 @@ class RedisWorkers:
             slots=sum(worker.slots for worker in workers),
             running=sum(worker.running for worker in workers),
         )
+
+
+def _dump_states(states: tuple[BackendState, ...] | None) -> str:
+    """ "": not said (a worker that has no pool view to give)."""
+    return "" if states is None else json.dumps([asdict(state) for state in states])
+
+
+def _load_states(text: str | None) -> tuple[BackendState, ...] | None:
+    """The backends a beat carries; fields this version does not know are left out."""
+    if not text:
+        return None
+    return tuple(
+        BackendState(**{key: value for key, value in state.items() if key in _STATE_FIELDS})
+        for state in json.loads(text)
+    )
