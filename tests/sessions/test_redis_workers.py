@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from deepresearch.llm.base import BackendState
+from deepresearch.runtime.dispatch import ClusterBackend, cluster_llm
 from deepresearch.sessions.redis import RedisSessionStore
 from deepresearch.sessions.redis_workers import ClusterCapacity, RedisWorkers, WorkerInfo
 
@@ -106,4 +108,71 @@ async def test_a_beat_from_before_the_index_fields_reads_as_nothing_known(
         await store.client.sadd(f"{store.keys.prefix}:workers", "old:1")  # type: ignore[misc]
     finally:
         await store.close()
-    assert await workers.alive() == [info("old:1", 2, 1)]
+    [old] = await workers.alive()
+    assert old == info("old:1", 2, 1)
+    assert old.llm is None  # not said: it adds no backend to the cluster's view
+    assert cluster_llm([old]) == []
+
+
+SIM = "http://127.0.0.1:8000/v1"
+GONE = "http://10.0.0.9:8000/v1"
+
+
+async def test_a_beat_carries_the_workers_view_of_its_llm_backends(
+    workers: RedisWorkers,
+) -> None:
+    calling = WorkerInfo(
+        name="gpu-a:1",
+        slots=8,
+        running=1,
+        started_at=NOW,
+        beat_at=NOW,
+        llm=(
+            BackendState(SIM, "tongyi", True, None, limit=8, in_flight=1, ttft_ms=41.5),
+            BackendState(GONE, None, False, "connection refused", kv_usage=0.25),
+        ),
+    )
+    offline = WorkerInfo(name="gpu-b:1", slots=2, running=0, started_at=NOW, beat_at=NOW, llm=())
+    await workers.beat(calling, ttl=30)
+    await workers.beat(offline, ttl=30)
+    assert await workers.alive() == [calling, offline]
+
+
+async def test_a_beat_from_a_newer_worker_keeps_the_backend_fields_this_one_knows(
+    workers: RedisWorkers, redis_url: str
+) -> None:
+    store = RedisSessionStore(redis_url)
+    await store.open()
+    try:
+        await workers.beat(info("new:1", 2, 0), ttl=30)
+        state = '[{"url": "%s", "model": "m", "healthy": true, "last_error": null, "new": 1}]'
+        await store.client.hset(  # type: ignore[misc]
+            f"{store.keys.prefix}:worker:new:1", "llm", state % SIM
+        )
+    finally:
+        await store.close()
+    [new] = await workers.alive()
+    assert new.llm == (BackendState(SIM, "m", True, None),)
+
+
+def test_the_cluster_counts_each_backend_once_healthy_when_some_worker_sees_it_so() -> None:
+    def worker(name: str, *states: BackendState) -> WorkerInfo:
+        return WorkerInfo(name, 4, 0, NOW, NOW, llm=states)
+
+    cluster = [
+        worker(
+            "a:1", BackendState(SIM, "m", False, "timed out"), BackendState(GONE, "m", None, None)
+        ),
+        worker(
+            "b:1", BackendState(SIM, "m", True, None), BackendState(GONE, "m", False, "refused")
+        ),
+        worker("c:1", BackendState(GONE, "m", None, None)),
+    ]
+    assert cluster_llm(cluster) == [
+        ClusterBackend(SIM, "m", True, workers=2, workers_healthy=1, last_error="a:1: timed out"),
+        ClusterBackend(GONE, "m", False, workers=3, workers_healthy=0, last_error="b:1: refused"),
+    ]
+    # Not used by any worker yet: neither healthy nor not.
+    assert cluster_llm([worker("c:1", BackendState(GONE, "m", None, None))]) == [
+        ClusterBackend(GONE, "m", None, workers=1, workers_healthy=0, last_error=None)
+    ]
