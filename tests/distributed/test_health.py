@@ -2,7 +2,8 @@
 a real Redis: the API node builds no index and checks no sandbox of its own; the
 workers' beats carry their index and whether they can run code; the open view says
 what every worker has (the smallest index, code only when every worker runs it),
-and an admin sees each worker's and the reasons."""
+and an admin sees each worker's and the reasons. ``llm`` is the workers' view of
+the backends too: a backend counts healthy when some live worker's pool sees it so."""
 
 from __future__ import annotations
 
