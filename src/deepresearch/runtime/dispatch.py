@@ -478,15 +478,13 @@ class Cluster:
             }
             errors = [f"{w.name}: {w.index_error}" for w in workers if w.index_error]
             index["error"] = "; ".join(errors) or None
+            unable = [
+                f"{w.name}: {w.code_execution_reason or 'not said'}"
+                for w in workers
+                if not w.code_execution
+            ]
             answer["code_execution_reason"] = (
-                None
-                if code
-                else "; ".join(
-                    f"{w.name}: {w.code_execution_reason or 'not said'}"
-                    for w in workers
-                    if not w.code_execution
-                )
-                or "no worker is alive"
+                None if code else "; ".join(unable) or "no worker is alive"
             )
             answer["cluster"] = {
                 "recovery_seconds": self.timings.recovery,

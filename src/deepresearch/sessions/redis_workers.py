@@ -4,10 +4,10 @@ Each worker beats every few seconds: it writes ``p:worker:<name>`` (a hash: its
 slots, sessions running, when it started, when it beat, its evidence index's
 documents and state, whether it can run code and why not, its LLM pool's view of
 each backend as single-process ``/health`` shows it: ``BackendState``, URLs without
-credentials, as JSON), with a TTL of a few
-beats, and keeps its name in ``p:workers``. A worker that dies stops beating and
-its hash expires; ``alive`` drops it from the set when it finds it gone. The
-cluster's concurrency is the sum of the live workers' slots.
+credentials, as JSON), with a TTL of a few beats, and keeps its name in
+``p:workers``. A worker that dies stops beating and its hash expires; ``alive``
+drops it from the set when it finds it gone. The cluster's concurrency is the sum
+of the live workers' slots.
 """
 
 from __future__ import annotations
